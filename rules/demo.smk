@@ -1,0 +1,29 @@
+# The embedded synthetic demo cohort (used when neither `cohort` nor `samples` is set).
+
+DEMO_IDS = list(SAMPLES.index) if IS_DEMO else []
+
+
+rule make_demo_cohort:
+    output:
+        slides=expand(DEMO_DIR + "/slides/{slide}.tiff", slide=DEMO_IDS),
+        annotations=expand(DEMO_DIR + "/annotations/{slide}.geojson", slide=DEMO_IDS),
+        nuclei=expand(DEMO_DIR + "/truth/{slide}.nuclei.csv", slide=DEMO_IDS),
+        mitoses=expand(DEMO_DIR + "/truth/{slide}.mitoses.csv", slide=DEMO_IDS),
+        samples=DEMO_DIR + "/samples.tsv",
+        cohort=DEMO_DIR + "/cohort.json",
+    log:
+        "logs/make_demo_cohort/demo.log",
+    benchmark:
+        "benchmarks/make_demo_cohort/demo.tsv"
+    params:
+        n_slides=config["demo"]["n_slides"],
+        seed=config["demo"]["seed"],
+    # slides are painted independently, one process per thread
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/wsi.yaml"
+    script:
+        "../workflow_scripts/make_demo_cohort.py"

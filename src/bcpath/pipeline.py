@@ -1,0 +1,132 @@
+"""Per-slide steps of the workflow, callable with or without Snakemake.
+
+Each ``*_step`` function takes Snakemake-style ``input``/``output``/``params`` objects
+(anything with attribute access) and is what a rule script runs through
+``bcpath.workflow.run_rule``. The plain functions below them are the library API.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from bcpath.io import write_json
+from bcpath.wsi import Slide, file_sha256, open_slide
+
+logger = logging.getLogger(__name__)
+
+
+def inspect_slide(path: str | os.PathLike[str], slide_id: str, out_json: str | os.PathLike[str], mpp: float | None = None, default_mpp: float | None = None, stain: str = "HE") -> dict[str, Any]:
+    """Open a slide, settle its µm/px, check a low-resolution read and write info.json.
+
+    Returns:
+        The info dict: reader, vendor, dimensions, levels, mpp, mpp_source, sha256, ...
+    """
+    with open_slide(path, slide_id=slide_id, mpp=mpp, default_mpp=default_mpp) as slide:
+        # Decoding the coarsest level catches files that open but cannot be read.
+        coarsest = len(slide.level_dimensions) - 1
+        width, height = slide.level_dimensions[coarsest]
+        slide.read_level(coarsest, 0, 0, min(width, 256), min(height, 256))
+        info = slide.info()
+    info["stain"] = stain
+    info["sha256"] = file_sha256(path)
+    write_json(out_json, info)
+    logger.info("slide %s: %s, %d levels, %s µm/px (%s)", slide_id, info["reader"], info["level_count"], info["mpp"], info["mpp_source"])
+    return info
+
+
+def open_from_info(info_json: str | os.PathLike[str], path: str | os.PathLike[str] | None = None) -> Slide:
+    """Open a slide with the µm/px settled by ``inspect_slide`` (file, sheet or default)."""
+    info = json.loads(Path(info_json).read_text())
+    slide = open_slide(path or info["path"], slide_id=info["slide_id"], mpp=info["mpp"])
+    if slide.mpp_source != "file":
+        slide.mpp_source = info["mpp_source"]
+    return slide
+
+
+def inspect_slide_step(input: Any, output: Any, params: Any, **_: Any) -> None:
+    inspect_slide(input.slide, params.slide_id, output.info, mpp=params.mpp, default_mpp=params.default_mpp, stain=params.stain or "HE")
+
+
+def detect_tissue_step(input: Any, output: Any, params: Any, **_: Any) -> None:
+    from bcpath.tissue import QcThresholds, TissueParams, extract_tissue
+
+    out_dir = Path(output.qc).parent
+    with open_from_info(input.info, input.slide) as slide:
+        extract_tissue(
+            slide,
+            out_dir,
+            params=TissueParams(**params.tissue),
+            user_mask=params.user_mask or None,
+            thresholds=QcThresholds(**params.qc),
+        )
+
+
+def tile_slide_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
+    from bcpath.tiling import TilingParams, tile_slide
+    from bcpath.tissue import read_mask
+
+    qc = json.loads(Path(input.qc).read_text())
+    mask = read_mask(input.mask)
+    with open_from_info(input.info, input.slide) as slide:
+        tile_slide(
+            slide,
+            mask,
+            float(qc["mask_mpp"]),
+            output.zarr,
+            output.grid,
+            output.h5,
+            params=TilingParams(**params.tiling),
+            threads=threads,
+            progress=True,
+        )
+
+
+def cohort_qc_table(qc_files: list[str], info_files: list[str], grid_files: list[str]) -> Any:
+    """One row per slide: reader, µm/px and its source, QC measures, flags and tile count."""
+    import pandas as pd
+
+    rows = []
+    for qc_path, info_path, grid_path in zip(qc_files, info_files, grid_files, strict=True):
+        qc = json.loads(Path(qc_path).read_text())
+        info = json.loads(Path(info_path).read_text())
+        n_tiles = len(pd.read_parquet(grid_path, columns=["tile_id"]))
+        rows.append(
+            {
+                "slide_id": info["slide_id"],
+                "reader": info["reader"],
+                "mpp": info["mpp"],
+                "mpp_source": info["mpp_source"],
+                "width": info["dimensions"][0],
+                "height": info["dimensions"][1],
+                "tissue_area_mm2": qc["tissue_area_mm2"],
+                "tissue_fraction": qc["tissue_fraction"],
+                "n_tissue_pieces": qc["n_tissue_pieces"],
+                "blur_score": qc["blur_score"],
+                "pen_fraction": qc["pen_fraction"],
+                "background_brightness": qc["background_brightness"],
+                "n_tiles": n_tiles,
+                "flags": ";".join(qc["flags"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def aggregate_qc_step(input: Any, output: Any, **_: Any) -> None:
+    from bcpath.io import atomic_path
+
+    table = cohort_qc_table(list(input.qc), list(input.info), list(input.grid))
+    with atomic_path(output.csv) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+def make_demo_cohort_step(output: Any, params: Any, threads: int = 1, **_: Any) -> None:
+    from bcpath.demo import make_demo_cohort
+
+    make_demo_cohort(Path(output.samples).parent, n_slides=params.n_slides, seed=params.seed, threads=threads)
+
+
+__all__ = ["inspect_slide", "open_from_info", "cohort_qc_table", "write_json"]

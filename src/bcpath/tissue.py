@@ -1,0 +1,353 @@
+"""Tissue extraction and slide QC.
+
+Method (seed 3, with CLAM's refinements): Otsu threshold on the HSV saturation of a
+low-resolution thumbnail (median-blurred), a floor on that threshold so an empty slide
+does not yield noise, removal of small objects, filling of small holes, and a binary
+dilation. Sizes are given in µm / mm² and converted with the thumbnail's µm/px, so the
+result does not depend on the scanner's magnification.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bcpath import geojson
+from bcpath.errors import SlideError
+from bcpath.wsi import Slide
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TissueParams:
+    """Tissue-detection parameters (units in the names).
+
+    Attributes:
+        mask_mpp: µm/px of the thumbnail the mask is computed on (8 µm/px ≈ 1.25×).
+        median_blur_px: median filter size on saturation before thresholding (CLAM: 7).
+        min_saturation: floor on the Otsu threshold, 0–255; keeps blank glass out.
+        min_object_area_mm2: tissue pieces smaller than this are dropped.
+        max_hole_area_mm2: holes smaller than this are filled (lumina, fat, tears).
+        dilation_um: radius of the final binary dilation.
+        exclude_pen: drop pen-ink pixels (blue, green, black marker) from the mask.
+    """
+
+    mask_mpp: float = 8.0
+    median_blur_px: int = 7
+    min_saturation: int = 20
+    min_object_area_mm2: float = 0.05
+    max_hole_area_mm2: float = 0.5
+    dilation_um: float = 16.0
+    exclude_pen: bool = True
+
+
+@dataclass(frozen=True)
+class QcThresholds:
+    """Flags raised in qc.json when a measure crosses these values."""
+
+    min_tissue_area_mm2: float = 0.5
+    min_blur_score: float = 15.0  # variance of the Laplacian of grey levels at blur_mpp
+    max_pen_fraction: float = 0.01
+    min_background_brightness: float = 200.0
+
+
+def _area_px(area_mm2: float, mpp: float) -> int:
+    return max(1, int(round(area_mm2 * 1e6 / (mpp * mpp))))
+
+
+def pen_mask(rgb: np.ndarray) -> np.ndarray:
+    """Pen-marker ink in an (H, W, 3) uint8 RGB image → (H, W) bool.
+
+    Blue and green marker have hues far from H&E's pink-purple range and strong
+    saturation; black marker is very dark. H&E hematoxylin is blue-purple (hue ~ 260–300°)
+    so the blue band stops short of it.
+    """
+    import cv2
+
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV_FULL)
+    hue = hsv[..., 0].astype(np.float32) * (360.0 / 256.0)
+    sat, val = hsv[..., 1], hsv[..., 2]
+    blue = (hue >= 190) & (hue <= 245) & (sat > 80)
+    green = (hue >= 75) & (hue <= 170) & (sat > 60)
+    black = val < 45
+    return blue | green | black
+
+
+def fill_small_holes(mask: np.ndarray, max_hole_px: int) -> np.ndarray:
+    """Fill enclosed holes smaller than ``max_hole_px`` in an (H, W) bool mask.
+
+    Background touching the image border is never a hole (skimage's remove_small_holes
+    would fill small border pockets of glass as well).
+    """
+    from scipy import ndimage
+
+    holes = ndimage.binary_fill_holes(mask) & ~mask
+    labels, count = ndimage.label(holes)
+    if count == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    small = sizes < max_hole_px
+    small[0] = False
+    return mask | small[labels]
+
+
+def detect_tissue(thumbnail: np.ndarray, mpp: float, params: TissueParams = TissueParams()) -> np.ndarray:
+    """Tissue mask of a thumbnail.
+
+    Args:
+        thumbnail: (H, W, 3) uint8 RGB at ``mpp``.
+        mpp: µm/px of the thumbnail.
+        params: detection parameters.
+
+    Returns:
+        (H, W) bool mask, True on tissue.
+    """
+    import cv2
+    from scipy import ndimage
+    from skimage import morphology
+
+    hsv = cv2.cvtColor(thumbnail, cv2.COLOR_RGB2HSV)
+    saturation = hsv[..., 1]
+    if params.median_blur_px > 1:
+        saturation = cv2.medianBlur(saturation, params.median_blur_px | 1)
+    otsu, _ = cv2.threshold(saturation, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    threshold = max(float(otsu), float(params.min_saturation))
+    mask = saturation > threshold
+    if params.exclude_pen:
+        mask &= ~pen_mask(thumbnail)
+    mask = morphology.remove_small_objects(mask, max_size=_area_px(params.min_object_area_mm2, mpp) - 1)
+    mask = fill_small_holes(mask, _area_px(params.max_hole_area_mm2, mpp))
+    radius = int(round(params.dilation_um / mpp))
+    if radius > 0 and mask.any():
+        mask = ndimage.binary_dilation(mask, structure=morphology.disk(radius))
+    return mask
+
+
+def mask_from_png(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    """A user-supplied mask image covering the whole slide, resized to ``shape`` (H, W)."""
+    import cv2
+    from PIL import Image
+
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("L"))
+    resized = cv2.resize(array, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    return resized > 0
+
+
+def mask_from_geojson(path: str | Path, shape: tuple[int, int], mask_mpp: float, slide_mpp: float) -> np.ndarray:
+    """Rasterise GeoJSON polygons (level-0 px) onto a mask of ``shape`` at ``mask_mpp``.
+
+    Holes (interior rings) are cut out. Features of any class count as tissue.
+    """
+    import cv2
+
+    scale = slide_mpp / mask_mpp
+    mask = np.zeros(shape, dtype=np.uint8)
+    for feat in geojson.read_geojson(path):
+        geometry = feat.get("geometry") or {}
+        kind = geometry.get("type")
+        polygons = [geometry["coordinates"]] if kind == "Polygon" else geometry.get("coordinates", []) if kind == "MultiPolygon" else []
+        for rings in polygons:
+            for index, ring in enumerate(rings):
+                points = np.round(np.asarray(ring, dtype=np.float64) * scale).astype(np.int32)
+                cv2.fillPoly(mask, [points], 1 if index == 0 else 0)
+    return mask.astype(bool)
+
+
+def mask_to_geojson_features(mask: np.ndarray, mask_mpp: float, slide_mpp: float) -> list[dict[str, Any]]:
+    """Tissue contours as QuPath annotations in level-0 px (one Polygon per piece, holes kept)."""
+    import cv2
+
+    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return []
+    scale = mask_mpp / slide_mpp
+    features = []
+    hierarchy = hierarchy[0]
+
+    def ring(contour: np.ndarray) -> list[list[float]]:
+        points = (contour[:, 0, :].astype(np.float64) + 0.5) * scale
+        coords = [[round(float(x), 1), round(float(y), 1)] for x, y in points]
+        return coords + [coords[0]]
+
+    for index, contour in enumerate(contours):
+        if hierarchy[index][3] != -1 or len(contour) < 3:
+            continue  # holes are attached to their parent below
+        rings = [ring(contour)]
+        child = hierarchy[index][2]
+        while child != -1:
+            if len(contours[child]) >= 3:
+                rings.append(ring(contours[child]))
+            child = hierarchy[child][0]
+        features.append(
+            geojson.feature(
+                {"type": "Polygon", "coordinates": rings},
+                object_type="annotation",
+                classification="Tissue",
+                name=f"tissue {len(features) + 1}",
+            )
+        )
+    return features
+
+
+def draw_contours(thumbnail: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Thumbnail (H, W, 3) uint8 with the tissue contour drawn in green."""
+    import cv2
+
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    out = thumbnail.copy()
+    thickness = max(1, int(round(max(thumbnail.shape[:2]) / 500)))
+    cv2.drawContours(out, contours, -1, (0, 200, 0), thickness)
+    return out
+
+
+def blur_score(slide: Slide, mask: np.ndarray, mask_mpp: float, n_samples: int = 16, size_px: int = 256, seed: int = 0) -> float | None:
+    """Median variance of the Laplacian over tissue, from ``n_samples`` fields at ≤1 µm/px.
+
+    Fields are centred on random tissue pixels (deterministic from ``seed``). Sharp
+    tissue scores high; out-of-focus scans score low. Returns None without tissue.
+    """
+    import cv2
+
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    read_mpp = max(slide.mpp, 1.0)
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(xs), size=min(n_samples, len(xs)), replace=False)
+    scores = []
+    for pick in np.sort(picks):
+        cx0 = (xs[pick] + 0.5) * mask_mpp / slide.mpp
+        cy0 = (ys[pick] + 0.5) * mask_mpp / slide.mpp
+        half0 = size_px / 2 * read_mpp / slide.mpp
+        field = slide.read_region(cx0 - half0, cy0 - half0, size_px, size_px, read_mpp)
+        grey = cv2.cvtColor(field, cv2.COLOR_RGB2GRAY)
+        laplacian = cv2.Laplacian(grey, cv2.CV_64F)
+        hsv_sat = cv2.cvtColor(field, cv2.COLOR_RGB2HSV)[..., 1]
+        tissue = hsv_sat > 20
+        if tissue.sum() < 0.1 * tissue.size:
+            continue
+        scores.append(float(laplacian[tissue].var()))
+    return float(np.median(scores)) if scores else None
+
+
+def qc_metrics(
+    slide: Slide,
+    thumbnail: np.ndarray,
+    mask: np.ndarray,
+    mask_mpp: float,
+    mask_source: str,
+    thresholds: QcThresholds = QcThresholds(),
+) -> dict[str, Any]:
+    """QC measures and flags for qc.json.
+
+    Returns a dict with tissue_area_mm2, tissue_fraction, blur_score (variance of the
+    Laplacian), pen_fraction (of tissue-or-ink pixels), background_brightness (mean grey
+    of non-tissue, 0–255) and ``flags`` (list of str).
+    """
+    import cv2
+
+    pixel_mm2 = (mask_mpp / 1000.0) ** 2
+    tissue_area = float(mask.sum() * pixel_mm2)
+    pens = pen_mask(thumbnail)
+    grey = cv2.cvtColor(thumbnail, cv2.COLOR_RGB2GRAY)
+    background = grey[~mask & ~pens]
+    ink_or_tissue = mask | pens
+    pen_fraction = float(pens[ink_or_tissue].mean()) if ink_or_tissue.any() else 0.0
+    blur = blur_score(slide, mask, mask_mpp)
+    background_brightness = float(background.mean()) if background.size else None
+    flags = []
+    if tissue_area < thresholds.min_tissue_area_mm2:
+        flags.append("no_tissue" if tissue_area == 0 else "little_tissue")
+    if blur is not None and blur < thresholds.min_blur_score:
+        flags.append("blurry")
+    if pen_fraction > thresholds.max_pen_fraction:
+        flags.append("pen_marks")
+    if background_brightness is not None and background_brightness < thresholds.min_background_brightness:
+        flags.append("dark_background")
+    return {
+        "slide_id": slide.slide_id,
+        "mask_source": mask_source,
+        "mask_mpp": mask_mpp,
+        "tissue_area_mm2": round(tissue_area, 4),
+        "tissue_fraction": round(float(mask.mean()), 5),
+        "n_tissue_pieces": None,
+        "blur_score": None if blur is None else round(blur, 2),
+        "pen_fraction": round(pen_fraction, 5),
+        "background_brightness": None if background_brightness is None else round(background_brightness, 2),
+        "flags": flags,
+    }
+
+
+def extract_tissue(
+    slide: Slide,
+    out_dir: str | Path,
+    params: TissueParams = TissueParams(),
+    user_mask: str | Path | None = None,
+    thresholds: QcThresholds = QcThresholds(),
+) -> dict[str, Any]:
+    """Detect tissue and write mask.png, tissue.geojson, thumbnail.png and qc.json.
+
+    Args:
+        slide: an open slide.
+        out_dir: the slide's ``tissue/`` folder.
+        params: detection parameters.
+        user_mask: a PNG (covering the whole slide) or GeoJSON (level-0 px) that replaces
+            the computed mask.
+
+    Returns:
+        The QC dict written to qc.json.
+    """
+    from PIL import Image
+
+    from bcpath.io import atomic_path, write_json
+
+    out_dir = Path(out_dir)
+    mask_mpp = max(params.mask_mpp, slide.mpp)
+    thumbnail = slide.thumbnail(mask_mpp)
+    shape = thumbnail.shape[:2]
+    if user_mask:
+        user_mask = Path(user_mask)
+        if not user_mask.exists():
+            raise SlideError(slide.slide_id, f"tissue_mask file not found: {user_mask}", "fix the tissue_mask column of the sample sheet")
+        if user_mask.suffix.lower() in (".geojson", ".json"):
+            mask = mask_from_geojson(user_mask, shape, mask_mpp, slide.mpp)
+        else:
+            mask = mask_from_png(user_mask, shape)
+        source = f"user:{user_mask}"
+    else:
+        mask = detect_tissue(thumbnail, mask_mpp, params)
+        source = "computed"
+    features = mask_to_geojson_features(mask, mask_mpp, slide.mpp)
+    qc = qc_metrics(slide, thumbnail, mask, mask_mpp, source, thresholds)
+    qc["n_tissue_pieces"] = len(features)
+    qc["params"] = asdict(params)
+    with atomic_path(out_dir / "mask.png") as tmp:
+        Image.fromarray((mask * 255).astype(np.uint8)).save(tmp)
+    with atomic_path(out_dir / "thumbnail.png") as tmp:
+        Image.fromarray(draw_contours(thumbnail, mask)).save(tmp)
+    geojson.write_geojson(out_dir / "tissue.geojson", features)
+    write_json(out_dir / "qc.json", qc)
+    logger.info("slide %s: %.2f mm² tissue in %d pieces, flags %s", slide.slide_id, qc["tissue_area_mm2"], len(features), qc["flags"])
+    return qc
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read mask.png → (H, W) bool."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L")) > 127
+
+
+def mask_mpp_from_qc(qc: dict[str, Any]) -> float:
+    value = float(qc["mask_mpp"])
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"bad mask_mpp in qc.json: {value}")
+    return value

@@ -1,0 +1,130 @@
+"""Glue between Snakemake rule scripts and the library.
+
+A rule script is a few lines::
+
+    from bcpath.workflow import run_rule
+    run_rule(snakemake, "bcpath.pipeline:inspect_slide_step")
+
+``run_rule`` sends logging to the rule's log file (and stderr), calls the step with the
+job's inputs/outputs/params, and on failure writes one clear message to the log plus a
+failure record that the workflow's onerror/onsuccess handlers gather into
+results/cohort/failures.csv. A later successful run of the same rule for the same slide
+removes the stale record.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import importlib
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+FAILURE_FIELDS = ("slide_id", "rule", "error", "log", "time")
+
+
+def configure_logging(log_path: str | None, level: int = logging.INFO) -> None:
+    """Log to the rule's log file and to stderr (entry points only; libraries never do this)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+
+
+def _resolve(step: str | Callable[..., Any]) -> Callable[..., Any]:
+    if callable(step):
+        return step
+    module_name, _, function_name = step.partition(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def write_failure_record(record_path: str | os.PathLike[str], slide_id: str, rule: str, error: str, log: str | None) -> None:
+    from bcpath.io import write_json
+
+    write_json(
+        record_path,
+        {
+            "slide_id": slide_id,
+            "rule": rule,
+            "error": error,
+            "log": log or "",
+            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+
+
+def run_rule(snakemake: Any, step: str | Callable[..., Any]) -> None:
+    """Run one library step for a Snakemake job, recording failures.
+
+    The step is called as ``step(input=..., output=..., params=..., threads=..., wildcards=...)``
+    with Snakemake's named-list objects. A ``params.failure_record`` path enables the
+    failure record.
+    """
+    log_path = snakemake.log[0] if len(snakemake.log) else None
+    configure_logging(log_path)
+    logger = logging.getLogger("bcpath.rule")
+    rule = snakemake.rule
+    slide_id = dict(snakemake.wildcards.items()).get("slide", "cohort")
+    record = getattr(snakemake.params, "failure_record", None)
+    try:
+        _resolve(step)(
+            input=snakemake.input,
+            output=snakemake.output,
+            params=snakemake.params,
+            threads=snakemake.threads,
+            wildcards=snakemake.wildcards,
+        )
+    except Exception as error:
+        from bcpath.errors import BcpathError
+
+        if isinstance(error, BcpathError):
+            message = str(error)
+            logger.error("%s", message)
+        else:
+            message = f"slide {slide_id}: unexpected error in {rule}: {type(error).__name__}: {error}; see the log for the traceback"
+            logger.error("%s\n%s", message, traceback.format_exc())
+        if record:
+            write_failure_record(record, slide_id, rule, message, log_path)
+        # One clear line for the console; Snakemake adds the rule, wildcards and log path.
+        sys.stderr.write(f"\nbcpath: {message}\n")
+        sys.exit(1)
+    if record:
+        Path(record).unlink(missing_ok=True)
+    logger.info("%s done for %s", rule, slide_id)
+
+
+def collect_failures(records_dir: str | os.PathLike[str], out_csv: str | os.PathLike[str], slide_ids: Iterable[str] | None = None) -> list[dict[str, str]]:
+    """Gather failure records into a CSV (header only when nothing failed).
+
+    Records of slides no longer in the cohort are ignored.
+    """
+    from bcpath.io import atomic_path
+
+    wanted = set(slide_ids) if slide_ids is not None else None
+    rows = []
+    folder = Path(records_dir)
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.json")):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if wanted is None or record.get("slide_id") in wanted:
+                rows.append({field: str(record.get(field, "")) for field in FAILURE_FIELDS})
+    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FAILURE_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows

@@ -1,0 +1,388 @@
+"""Read whole-slide images at any target resolution (µm/px).
+
+``open_slide`` tries OpenSlide first and falls back to tifffile for plain or single-level
+TIFFs that OpenSlide cannot open. Both backends give the same ``Slide`` interface:
+``read_region(x0, y0, width, height, mpp)`` returns an (height, width, 3) uint8 RGB array
+at the requested µm/px, read from the best pyramid level and resampled with area averaging.
+
+µm/px comes from the file, else from the caller (sample sheet), else from an explicit
+``default_mpp`` fallback; otherwise ``SlideError`` says how to fix it. Slides are opened
+read-only and never modified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from bcpath.errors import SlideError
+
+logger = logging.getLogger(__name__)
+
+SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".svslide", ".bif")
+
+# Resolution tags in inch/cm that equal these dpi values are scanner-software defaults,
+# not a measurement; treating them as µm/px would be a silent guess.
+_PLACEHOLDER_DPI = (72.0, 96.0, 300.0)
+# A level may be used for a target resolution when its µm/px is at most this much coarser
+# (tolerates rounding in the stored downsample factors, e.g. 2.0005 instead of 2).
+_LEVEL_TOLERANCE = 1.01
+
+
+class _Backend(Protocol):
+    name: str
+    level_dimensions: list[tuple[int, int]]
+    level_downsamples: list[float]
+
+    def read_level(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray: ...
+
+    def properties(self) -> dict[str, str]: ...
+
+    def file_mpp(self) -> float | None: ...
+
+    def close(self) -> None: ...
+
+
+class _OpenSlideBackend:
+    name = "openslide"
+
+    def __init__(self, path: Path) -> None:
+        import openslide
+
+        self._slide = openslide.OpenSlide(str(path))
+        self.level_dimensions = [tuple(map(int, d)) for d in self._slide.level_dimensions]
+        self.level_downsamples = [float(d) for d in self._slide.level_downsamples]
+
+    def read_level(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
+        region = self._slide.read_region((x0, y0), level, (width, height))
+        return _rgba_to_rgb_on_white(np.asarray(region))
+
+    def properties(self) -> dict[str, str]:
+        return dict(self._slide.properties)
+
+    def file_mpp(self) -> float | None:
+        value = self._slide.properties.get("openslide.mpp-x")
+        try:
+            mpp = float(value) if value is not None else None
+        except ValueError:
+            return None
+        return mpp if mpp and mpp > 0 else None
+
+    def close(self) -> None:
+        self._slide.close()
+
+
+class _TiffBackend:
+    """Plain or single-level TIFF via tifffile's Zarr view (strips/tiles decoded on demand)."""
+
+    name = "tifffile"
+
+    def __init__(self, path: Path) -> None:
+        import tifffile
+        import zarr
+
+        self._tif = tifffile.TiffFile(str(path))
+        series = self._tif.series[0]
+        levels = series.levels if series.is_pyramidal else [series]
+        self._axes = series.axes
+        self._arrays = []
+        self.level_dimensions = []
+        for index, level in enumerate(levels):
+            shape = dict(zip(series.axes, level.shape, strict=False))
+            if "S" not in shape and "C" not in shape:
+                raise ValueError(f"not an RGB image (axes {series.axes})")
+            self.level_dimensions.append((int(shape["X"]), int(shape["Y"])))
+            store = self._tif.aszarr(series=0, level=index)
+            self._arrays.append(zarr.open_array(store, mode="r"))
+        width0 = self.level_dimensions[0][0]
+        self.level_downsamples = [width0 / w for w, _ in self.level_dimensions]
+        self._page = levels[0].keyframe if hasattr(levels[0], "keyframe") else self._tif.pages[0]
+
+    def read_level(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
+        array = self._arrays[level]
+        level_w, level_h = self.level_dimensions[level]
+        # x0, y0 are level-0 coordinates, as in OpenSlide.
+        ds = self.level_downsamples[level]
+        lx, ly = int(round(x0 / ds)), int(round(y0 / ds))
+        out = np.full((height, width, 3), 255, dtype=np.uint8)
+        sx0, sy0 = max(lx, 0), max(ly, 0)
+        sx1, sy1 = min(lx + width, level_w), min(ly + height, level_h)
+        if sx1 > sx0 and sy1 > sy0:
+            if self._axes.endswith("S") or self._axes.endswith("C"):
+                block = np.asarray(array[sy0:sy1, sx0:sx1])
+            else:  # channel-first (C, Y, X)
+                block = np.moveaxis(np.asarray(array[:, sy0:sy1, sx0:sx1]), 0, -1)
+            block = _to_rgb_uint8(block)
+            out[sy0 - ly : sy1 - ly, sx0 - lx : sx1 - lx] = block
+        return out
+
+    def properties(self) -> dict[str, str]:
+        page = self._page
+        props = {"tiff.Compression": str(page.compression.name), "tiff.Tiled": str(page.is_tiled)}
+        if page.description:
+            props["tiff.ImageDescription"] = page.description[:500]
+        return props
+
+    def file_mpp(self) -> float | None:
+        tags = self._page.tags
+        resolution, unit = tags.get("XResolution"), tags.get("ResolutionUnit")
+        if resolution is None or unit is None:
+            return None
+        numerator, denominator = resolution.value
+        if not numerator or not denominator:
+            return None
+        per_unit = numerator / denominator
+        unit_value = int(unit.value)
+        if unit_value == 2:  # inch
+            if any(math.isclose(per_unit, dpi) for dpi in _PLACEHOLDER_DPI):
+                return None
+            return 25400.0 / per_unit
+        if unit_value == 3:  # centimetre
+            return 10000.0 / per_unit
+        return None
+
+    def close(self) -> None:
+        self._tif.close()
+
+
+def _rgba_to_rgb_on_white(rgba: np.ndarray) -> np.ndarray:
+    """(H, W, 4) uint8 RGBA → (H, W, 3) uint8 RGB composited on white.
+
+    OpenSlide returns transparent pixels outside the scanned area; white is what a
+    pathologist sees there (glass), and what tissue detection treats as background.
+    """
+    alpha = rgba[..., 3]
+    rgb = rgba[..., :3]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgb)
+    a = alpha[..., None].astype(np.uint16)
+    blended = (rgb.astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
+    return blended.astype(np.uint8)
+
+
+def _to_rgb_uint8(block: np.ndarray) -> np.ndarray:
+    if block.shape[-1] == 4:
+        block = _rgba_to_rgb_on_white(block.astype(np.uint8))
+    elif block.shape[-1] != 3:
+        raise ValueError(f"expected 3 or 4 channels, found {block.shape[-1]}")
+    if block.dtype != np.uint8:
+        if np.issubdtype(block.dtype, np.integer) and block.max(initial=0) > 255:
+            block = (block.astype(np.float32) / np.iinfo(block.dtype).max * 255).round()
+        block = np.clip(block, 0, 255).astype(np.uint8)
+    return block
+
+
+def file_sha256(path: str | os.PathLike[str], chunk_bytes: int = 8 << 20) -> str:
+    """sha256 of a file, read in chunks (memory independent of file size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Slide:
+    """An open slide with a known level-0 resolution.
+
+    Attributes:
+        slide_id: name used in messages and outputs.
+        path: the slide file.
+        mpp: level-0 µm/px.
+        mpp_source: "file", "sample_sheet" or "default_mpp".
+    """
+
+    slide_id: str
+    path: Path
+    mpp: float
+    mpp_source: str
+    _backend: Any = field(repr=False)
+
+    @property
+    def reader(self) -> str:
+        return str(self._backend.name)
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """(width, height) of level 0 in pixels."""
+        return self._backend.level_dimensions[0]
+
+    @property
+    def level_dimensions(self) -> list[tuple[int, int]]:
+        return list(self._backend.level_dimensions)
+
+    @property
+    def level_downsamples(self) -> list[float]:
+        return list(self._backend.level_downsamples)
+
+    @property
+    def properties(self) -> dict[str, str]:
+        return self._backend.properties()
+
+    def level_mpp(self, level: int) -> float:
+        return self.mpp * self._backend.level_downsamples[level]
+
+    def best_level_for_mpp(self, mpp: float) -> int:
+        """The coarsest level whose µm/px is still at least as fine as ``mpp``.
+
+        Reading there and downsampling is cheaper than reading level 0, and never upsamples
+        unless the requested µm/px is finer than level 0.
+        """
+        best = 0
+        for level in range(len(self._backend.level_downsamples)):
+            if self.level_mpp(level) <= mpp * _LEVEL_TOLERANCE:
+                best = level
+        return best
+
+    def read_level(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
+        """(height, width, 3) uint8 RGB at ``level``; (x0, y0) in level-0 pixels."""
+        try:
+            return self._backend.read_level(level, int(x0), int(y0), int(width), int(height))
+        except SlideError:
+            raise
+        except Exception as error:  # openslide.OpenSlideError, tifffile/zarr decode errors
+            raise SlideError(
+                self.slide_id,
+                f"could not read level {level} at ({x0}, {y0}) from {self.path} ({error})",
+                "the file is probably truncated or corrupt; copy it again from the scanner or archive",
+            ) from error
+
+    def read_region(self, x0: float, y0: float, width: int, height: int, mpp: float) -> np.ndarray:
+        """Read a region at a target resolution.
+
+        Args:
+            x0, y0: top-left corner in level-0 pixels.
+            width, height: output size in pixels at ``mpp``.
+            mpp: target µm/px.
+
+        Returns:
+            (height, width, 3) uint8 RGB. Pixels outside the slide are white.
+        """
+        import cv2
+
+        level = self.best_level_for_mpp(mpp)
+        scale = mpp / self.level_mpp(level)  # level pixels per output pixel (>= ~1)
+        read_w = max(1, int(math.ceil(width * scale - 1e-6)))
+        read_h = max(1, int(math.ceil(height * scale - 1e-6)))
+        block = self.read_level(level, int(round(x0)), int(round(y0)), read_w, read_h)
+        if (read_w, read_h) == (width, height):
+            return block
+        interpolation = cv2.INTER_AREA if scale >= 1 else cv2.INTER_LINEAR
+        return cv2.resize(block, (width, height), interpolation=interpolation)
+
+    def thumbnail(self, mpp: float, band_px: int = 1024) -> np.ndarray:
+        """Whole slide at ``mpp`` (coarser than level 0), read in horizontal bands.
+
+        Memory stays bounded by one band of the source level plus the output.
+
+        Returns:
+            (H, W, 3) uint8 RGB with H = ceil(height0 * mpp0 / mpp).
+        """
+        width0, height0 = self.dimensions
+        factor = mpp / self.mpp  # level-0 px per output px
+        out_w = max(1, int(math.ceil(width0 / factor)))
+        out_h = max(1, int(math.ceil(height0 / factor)))
+        out = np.empty((out_h, out_w, 3), dtype=np.uint8)
+        for row in range(0, out_h, band_px):
+            rows = min(band_px, out_h - row)
+            out[row : row + rows] = self.read_region(0, row * factor, out_w, rows, mpp)
+        return out
+
+    def info(self) -> dict[str, Any]:
+        """Metadata for info.json (without the sha256, which needs a full file read)."""
+        props = self.properties
+        return {
+            "slide_id": self.slide_id,
+            "path": str(self.path),
+            "reader": self.reader,
+            "vendor": props.get("openslide.vendor", "generic-tiff" if self.reader == "tifffile" else None),
+            "dimensions": list(self.dimensions),
+            "level_count": len(self.level_dimensions),
+            "level_dimensions": [list(d) for d in self.level_dimensions],
+            "level_downsamples": self.level_downsamples,
+            "mpp": self.mpp,
+            "mpp_source": self.mpp_source,
+            "objective_power": props.get("openslide.objective-power"),
+            "file_bytes": self.path.stat().st_size,
+        }
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open_backend(path: Path, slide_id: str) -> _Backend:
+    size = path.stat().st_size
+    if size == 0:
+        raise SlideError(slide_id, f"{path} is empty (0 bytes)", "copy the slide again; the transfer or export did not finish")
+    errors: list[str] = []
+    try:
+        return _OpenSlideBackend(path)
+    except Exception as error:  # OpenSlideUnsupportedFormatError, OpenSlideError
+        errors.append(f"OpenSlide: {error}")
+    if path.suffix.lower() in (".tif", ".tiff", ".svs"):
+        try:
+            return _TiffBackend(path)
+        except Exception as error:
+            errors.append(f"tifffile: {error}")
+    raise SlideError(
+        slide_id,
+        f"{path} is not a readable slide ({'; '.join(errors)})",
+        "check that the file is a complete whole-slide image in a supported format "
+        f"({', '.join(SLIDE_EXTENSIONS)}); a truncated copy or a renamed file gives this error",
+    )
+
+
+def open_slide(
+    path: str | os.PathLike[str],
+    slide_id: str | None = None,
+    mpp: float | None = None,
+    default_mpp: float | None = None,
+) -> Slide:
+    """Open a slide read-only and settle its level-0 µm/px.
+
+    Args:
+        path: slide file.
+        slide_id: name for messages; defaults to the file stem.
+        mpp: µm/px from the sample sheet, used only when the file has none.
+        default_mpp: explicit config fallback, used when neither file nor sheet has one.
+
+    Raises:
+        SlideError: unreadable file, or no µm/px anywhere.
+    """
+    path = Path(path)
+    slide_id = slide_id or path.stem
+    if not path.exists():
+        raise SlideError(slide_id, f"file not found: {path}", "fix the path in the sample sheet or cohort directory")
+    backend = _open_backend(path, slide_id)
+    file_mpp = backend.file_mpp()
+    if file_mpp is not None:
+        if mpp is not None and not math.isclose(mpp, file_mpp, rel_tol=0.05):
+            logger.warning("slide %s: sample sheet mpp %.4f differs from the file's %.4f; using the file's", slide_id, mpp, file_mpp)
+        resolved, source = file_mpp, "file"
+    elif mpp is not None:
+        resolved, source = float(mpp), "sample_sheet"
+    elif default_mpp is not None:
+        logger.warning("slide %s: no µm/px in the file or sample sheet; using default_mpp=%s from config", slide_id, default_mpp)
+        resolved, source = float(default_mpp), "default_mpp"
+    else:
+        backend.close()
+        raise SlideError(
+            slide_id,
+            f"no µm/px in the file {path}",
+            "add an `mpp` column to the sample sheet (e.g. 0.25 for 40x, 0.5 for 20x) "
+            "or set `default_mpp` in config.yaml",
+        )
+    return Slide(slide_id=slide_id, path=path, mpp=resolved, mpp_source=source, _backend=backend)

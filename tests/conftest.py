@@ -1,0 +1,41 @@
+"""Shared fixtures. Real data lives in ../shared/data beside the checkout.
+
+Under CI (CI=true) a missing ../shared/data is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("BCPATH_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def _require_shared(relative: str) -> Path:
+    path = SHARED_DATA / relative
+    if not path.exists():
+        message = f"real test data missing: {path} (expected ../shared/data beside the checkout)"
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """Root of ../shared/data; fails under CI when absent, skips otherwise."""
+    return _require_shared("")
+
+
+@pytest.fixture
+def require_shared():
+    """Call with a path relative to ../shared/data; returns the path or fails/skips as above."""
+    return _require_shared
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT

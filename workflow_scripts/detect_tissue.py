@@ -1,0 +1,5 @@
+"""Rule detect_tissue: thin adapter; the logic is bcpath.pipeline.detect_tissue_step."""
+
+from bcpath.workflow import run_rule
+
+run_rule(snakemake, "bcpath.pipeline:detect_tissue_step")  # noqa: F821 (snakemake is injected)
