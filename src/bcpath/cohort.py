@@ -171,7 +171,7 @@ def read_sample_sheet(path: str | os.PathLike[str], check_files: bool = True) ->
         records.append(record)
     if not records:
         raise SampleSheetError(f"sample sheet {sheet}: no rows; add one row per slide")
-    table = pd.DataFrame.from_records(records)
+    table = pd.DataFrame(records, dtype=object)  # keeps None for empty cells
     duplicated = table["slide_id"][table["slide_id"].duplicated()].unique()
     if len(duplicated):
         raise SampleSheetError(f"sample sheet {sheet}: duplicate slide_id {', '.join(duplicated)}; each slide needs its own id")

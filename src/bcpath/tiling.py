@@ -211,7 +211,7 @@ def _compressor(params: TilingParams) -> tuple[Any, tuple[int, int, int]]:
     if params.compression == "jpeg":
         from imagecodecs.numcodecs import Jpeg, register_codecs
 
-        register_codecs(codecs=["jpeg"], verbose=False)
+        register_codecs(codecs=["imagecodecs_jpeg"], verbose=False)
         # JPEG codes 2-D or (y, x, c) chunks; NGFF puts channels first, so each channel
         # is its own greyscale JPEG chunk.
         return Jpeg(level=params.jpeg_quality), (1, params.tile_px, params.tile_px)
@@ -244,7 +244,7 @@ def open_tiles(path: str | os.PathLike[str]) -> Any:
     if group.attrs.get("bcpath", {}).get("compression") == "jpeg":
         from imagecodecs.numcodecs import register_codecs
 
-        register_codecs(codecs=["jpeg"], verbose=False)
+        register_codecs(codecs=["imagecodecs_jpeg"], verbose=False)
     return group["0"]
 
 

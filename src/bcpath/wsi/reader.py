@@ -179,6 +179,21 @@ def _to_rgb_uint8(block: np.ndarray) -> np.ndarray:
     return block
 
 
+def _read_extent(size: int, scale: float) -> tuple[int, int]:
+    """(source px to read, px to resample to) covering ``size`` output px at ``scale``.
+
+    Among the first few candidates at least ``size`` long, pick the pair whose ratio is
+    closest to ``scale``; the caller crops the resampled block to ``size``.
+    """
+    first = max(1, int(math.ceil(size * scale - 1e-6)))
+    best = (first, max(size, int(round(first / scale))))
+    for read in range(first, first + 4):
+        full = max(size, int(round(read / scale)))
+        if abs(read / full - scale) < abs(best[0] / best[1] - scale):
+            best = (read, full)
+    return best
+
+
 def file_sha256(path: str | os.PathLike[str], chunk_bytes: int = 8 << 20) -> str:
     """sha256 of a file, read in chunks (memory independent of file size)."""
     digest = hashlib.sha256()
@@ -269,13 +284,21 @@ class Slide:
 
         level = self.best_level_for_mpp(mpp)
         scale = mpp / self.level_mpp(level)  # level pixels per output pixel (>= ~1)
-        read_w = max(1, int(math.ceil(width * scale - 1e-6)))
-        read_h = max(1, int(math.ceil(height * scale - 1e-6)))
+        if math.isclose(scale, round(scale), rel_tol=1e-9, abs_tol=1e-9):
+            read_w, read_h = int(round(width * scale)), int(round(height * scale))
+            full_w, full_h = width, height
+        else:
+            # Read a little more and resample by (nearly) the exact scale, then crop, so
+            # tiles read one by one and tiles cut from a long strip agree to a fraction
+            # of a pixel instead of drifting by the rounding of the read size.
+            read_w, full_w = _read_extent(width, scale)
+            read_h, full_h = _read_extent(height, scale)
         block = self.read_level(level, int(round(x0)), int(round(y0)), read_w, read_h)
         if (read_w, read_h) == (width, height):
             return block
         interpolation = cv2.INTER_AREA if scale >= 1 else cv2.INTER_LINEAR
-        return cv2.resize(block, (width, height), interpolation=interpolation)
+        resized = cv2.resize(block, (full_w, full_h), interpolation=interpolation)
+        return np.ascontiguousarray(resized[:height, :width])
 
     def thumbnail(self, mpp: float, band_px: int = 1024) -> np.ndarray:
         """Whole slide at ``mpp`` (coarser than level 0), read in horizontal bands.

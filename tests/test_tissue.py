@@ -1,0 +1,119 @@
+"""Tissue detection, GeoJSON round trip and QC on synthetic and real slides."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from bcpath.geojson import read_geojson
+from bcpath.tissue import (
+    TissueParams,
+    detect_tissue,
+    extract_tissue,
+    fill_small_holes,
+    mask_from_geojson,
+    mask_to_geojson_features,
+    pen_mask,
+)
+from bcpath.wsi import open_slide
+
+
+def _synthetic_thumbnail(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """White glass with a pink tissue ellipse that has a small lumen and a big tear."""
+    image = np.full((400, 600, 3), 240, np.uint8) + rng.integers(0, 6, (400, 600, 3), dtype=np.uint8)
+    truth = np.zeros((400, 600), np.uint8)
+    cv2.ellipse(truth, (300, 200), (200, 120), 0, 0, 360, 1, -1)
+    image[truth == 1] = (220, 140, 190)
+    cv2.circle(image, (250, 200), 6, (240, 240, 240), -1)  # small lumen: filled
+    cv2.circle(image, (380, 200), 60, (240, 240, 240), -1)  # large tear: kept as a hole
+    return image, truth.astype(bool)
+
+
+def test_detects_tissue_fills_small_holes_keeps_large():
+    image, truth = _synthetic_thumbnail(np.random.default_rng(0))
+    mask = detect_tissue(image, mpp=8.0, params=TissueParams(dilation_um=0))
+    assert mask[200, 250]  # small lumen (113 px ≈ 0.007 mm²) filled
+    assert not mask[200, 380]  # tear (11,300 px ≈ 0.72 mm²) stays a hole
+    expected = truth.copy()
+    cv2.circle(expected.view(np.uint8), (380, 200), 60, 0, -1)
+    iou = (mask & expected).sum() / (mask | expected).sum()
+    assert iou > 0.97
+
+
+def test_blank_glass_gives_empty_mask():
+    rng = np.random.default_rng(1)
+    glass = np.full((300, 300, 3), 235, np.uint8) + rng.integers(0, 10, (300, 300, 3), dtype=np.uint8)
+    assert not detect_tissue(glass, mpp=8.0).any()
+
+
+def test_pen_marks_are_not_tissue():
+    image, _ = _synthetic_thumbnail(np.random.default_rng(2))
+    cv2.line(image, (20, 20), (20, 380), (30, 60, 200), 8)  # blue marker outside tissue
+    assert pen_mask(image)[200, 20]
+    assert not pen_mask(image)[200, 150]  # H&E pink is not ink
+    mask = detect_tissue(image, mpp=8.0)
+    assert not mask[200, 20]
+
+
+def test_fill_small_holes_leaves_border_background():
+    mask = np.zeros((50, 50), bool)
+    mask[10:40, 10:40] = True
+    mask[20:23, 20:23] = False
+    filled = fill_small_holes(mask, max_hole_px=100)
+    assert filled[21, 21] and not filled[0, 0] and filled.sum() == 900
+
+
+def test_geojson_round_trip_matches_mask():
+    image, _ = _synthetic_thumbnail(np.random.default_rng(3))
+    mask = detect_tissue(image, mpp=8.0)
+    features = mask_to_geojson_features(mask, mask_mpp=8.0, slide_mpp=0.5)
+    assert features and features[0]["properties"]["objectType"] == "annotation"
+    assert features[0]["properties"]["classification"]["name"] == "Tissue"
+    # Level-0 coordinates: 16x the mask's pixels.
+    xs = [x for x, _ in features[0]["geometry"]["coordinates"][0]]
+    assert max(xs) == pytest.approx(16 * (np.nonzero(mask)[1].max() + 1), abs=17)
+
+
+def test_extract_tissue_outputs(require_shared, tmp_path):
+    with open_slide(require_shared("wsi/CMU-1-Small-Region.svs")) as slide:
+        qc = extract_tissue(slide, tmp_path)
+    for name in ("mask.png", "tissue.geojson", "thumbnail.png", "qc.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert json.loads((tmp_path / "qc.json").read_text()) == json.loads(json.dumps(qc))
+    # CMU-1-Small-Region: one piece of skin covering about a third of the field.
+    assert qc["n_tissue_pieces"] == 1
+    assert 0.3 < qc["tissue_fraction"] < 0.45
+    assert 0.5 < qc["tissue_area_mm2"] < 0.75
+    assert qc["blur_score"] > 500  # in focus
+    assert qc["background_brightness"] > 230
+    assert qc["flags"] == []
+    # The GeoJSON rasterised back gives the mask.
+    from bcpath.tissue import read_mask
+
+    mask = read_mask(tmp_path / "mask.png")
+    redrawn = mask_from_geojson(tmp_path / "tissue.geojson", mask.shape, 8.0, 0.499)
+    assert (mask & redrawn).sum() / (mask | redrawn).sum() > 0.95
+    assert len(read_geojson(tmp_path / "tissue.geojson")) == 1
+
+
+def test_nearly_empty_slide_is_flagged_not_crashed(require_shared, tmp_path):
+    with open_slide(require_shared("wsi/kidney-48-5.tif"), mpp=1.0) as slide:
+        qc = extract_tissue(slide, tmp_path)
+    assert qc["tissue_area_mm2"] == 0 and "no_tissue" in qc["flags"]
+    assert qc["blur_score"] is None
+    assert read_geojson(tmp_path / "tissue.geojson") == []
+
+
+def test_user_geojson_mask_replaces_computed(require_shared, tmp_path):
+    from bcpath.geojson import feature, write_geojson
+
+    square = {"type": "Polygon", "coordinates": [[[0, 0], [800, 0], [800, 800], [0, 800], [0, 0]]]}
+    write_geojson(tmp_path / "mine.geojson", [feature(square, classification="Tissue")])
+    with open_slide(require_shared("wsi/CMU-1-Small-Region.svs")) as slide:
+        qc = extract_tissue(slide, tmp_path / "out", user_mask=tmp_path / "mine.geojson")
+    assert qc["mask_source"].startswith("user:")
+    # 800 px at 0.499 µm/px ≈ 0.16 mm² (rasterised at 8 µm/px).
+    assert qc["tissue_area_mm2"] == pytest.approx(0.159, abs=0.02)
