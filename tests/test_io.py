@@ -1,0 +1,54 @@
+"""Atomic outputs: a failed or killed writer never leaves a file under its final name."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bcpath.io import atomic_dir, atomic_path, write_json
+
+
+def test_atomic_path_removes_partial_file_on_error(tmp_path):
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("{half")
+        raise RuntimeError("killed")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_replaces_only_on_success(tmp_path):
+    target = tmp_path / "tiles.zarr"
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("1")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "b").write_text("2")
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in target.iterdir()) == ["a"]
+    assert [p.name for p in tmp_path.iterdir()] == ["tiles.zarr"]
+
+
+def test_write_json_handles_numpy_scalars(tmp_path):
+    import numpy as np
+
+    write_json(tmp_path / "x.json", {"a": np.float32(1.5), "b": np.int64(2)})
+    assert (tmp_path / "x.json").read_text().split() == ["{", '"a":', "1.5,", '"b":', "2", "}"]
+
+
+def test_killed_tiling_leaves_no_final_output(require_shared, tmp_path):
+    slide = require_shared("wsi/tcga-cr-7395-01a-01-ts1.svs")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "bcpath.cli", "tile", str(slide), "--out", str(out), "--mpp", "0.25", "--tile-mpp", "0.5", "--tile-px", "256", "--threads", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(out.glob(".tiles.zarr.*.tmp/0/*/*")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert any(out.glob(".tiles.zarr.*.tmp")), "tiling finished before it could be killed"
+    assert not (out / "tiles.zarr").exists()
+    assert not (out / "grid.parquet").exists()
