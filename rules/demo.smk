@@ -5,12 +5,12 @@ DEMO_IDS = list(SAMPLES.index) if IS_DEMO else []
 
 rule make_demo_cohort:
     output:
-        slides=expand(DEMO_DIR + "/slides/{slide}.tiff", slide=DEMO_IDS),
-        annotations=expand(DEMO_DIR + "/annotations/{slide}.geojson", slide=DEMO_IDS),
-        nuclei=expand(DEMO_DIR + "/truth/{slide}.nuclei.csv", slide=DEMO_IDS),
-        mitoses=expand(DEMO_DIR + "/truth/{slide}.mitoses.csv", slide=DEMO_IDS),
-        samples=DEMO_DIR + "/samples.tsv",
-        cohort=DEMO_DIR + "/cohort.json",
+        slides=expand("results/demo_cohort/slides/{slide}.tiff", slide=DEMO_IDS),
+        annotations=expand("results/demo_cohort/annotations/{slide}.geojson", slide=DEMO_IDS),
+        nuclei=expand("results/demo_cohort/truth/{slide}.nuclei.csv", slide=DEMO_IDS),
+        mitoses=expand("results/demo_cohort/truth/{slide}.mitoses.csv", slide=DEMO_IDS),
+        samples="results/demo_cohort/samples.tsv",
+        cohort="results/demo_cohort/cohort.json",
     log:
         "logs/make_demo_cohort/demo.log",
     benchmark:

@@ -78,6 +78,9 @@ def run_rule(snakemake: Any, step: str | Callable[..., Any]) -> None:
     rule = snakemake.rule
     slide_id = dict(snakemake.wildcards.items()).get("slide", "cohort")
     record = getattr(snakemake.params, "failure_record", None)
+    job_id = os.environ.get("SLURM_JOB_ID")
+    where = f"SLURM job {job_id} on {os.uname().nodename}" if job_id else f"local process {os.getpid()} on {os.uname().nodename}"
+    logger.info("%s for %s: %s, %d thread(s)", rule, slide_id, where, snakemake.threads)
     try:
         _resolve(step)(
             input=snakemake.input,
