@@ -1,0 +1,136 @@
+"""The default run (`snakemake --cores 2`, no config edits) on the embedded demo cohort.
+
+Runs the whole DAG once in a scratch folder and checks the contents of the outputs against
+the demo cohort's planted truth.
+"""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+from shapely.geometry import shape
+
+from bcpath.geojson import read_geojson
+from bcpath.tiling import open_tiles
+from bcpath.tissue import read_mask
+from tests.workflow_helpers import REPO_ROOT, files_under, run_snakemake
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("demo_run")
+    result = run_snakemake(work, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-5000:]
+    return work
+
+
+def _demo_slides(work):
+    return pd.read_csv(work / "results/demo_cohort/samples.tsv", sep="\t").set_index("slide_id", drop=False)
+
+
+def test_demo_cohort_has_labels_splits_and_annotations(demo_run):
+    samples = _demo_slides(demo_run)
+    assert len(samples) >= 8
+    assert set(samples.ER) == {"positive", "negative"}
+    for split in ("train", "tune", "test"):
+        assert set(samples[samples.split == split].ER) == {"positive", "negative"}, split
+    for slide in samples.index:
+        assert (demo_run / "results/demo_cohort/annotations" / f"{slide}.geojson").is_file()
+
+
+def test_every_demo_slide_has_all_outputs(demo_run):
+    samples = _demo_slides(demo_run)
+    for slide in samples.index:
+        folder = demo_run / "results/slides" / slide
+        info = json.loads((folder / "info.json").read_text())
+        assert info["reader"] == "openslide"
+        assert info["mpp"] == pytest.approx(0.5) and info["mpp_source"] == "file"
+        assert info["level_count"] >= 3
+        qc = json.loads((folder / "tissue/qc.json").read_text())
+        assert 0.2 < qc["tissue_fraction"] < 0.8, slide
+        assert qc["flags"] == [], slide
+        assert qc["blur_score"] > 15
+        grid = pd.read_parquet(folder / "grid.parquet")
+        assert len(grid) >= 4
+        array = open_tiles(folder / "tiles.zarr")
+        tiles = [np.asarray(array[:, r.y : r.y + 512, r.x : r.x + 512]) for r in grid.head(3).itertuples()]
+        assert all(t.shape == (3, 512, 512) and t.mean() < 235 for t in tiles)  # tissue, not glass
+        with h5py.File(folder / "patches.h5") as handle:
+            np.testing.assert_array_equal(handle["coords"][:], grid[["x0", "y0"]].to_numpy())
+    qc = pd.read_csv(demo_run / "results/cohort/qc.csv")
+    assert sorted(qc.slide_id) == sorted(samples.index)
+    assert (qc.n_tiles > 0).all()
+
+
+def test_annotated_regions_lie_inside_the_tissue_mask(demo_run):
+    """Tumor is always detected as tissue; the mask covers most of the annotated tissue.
+
+    Fat lobules at the tissue edge are nearly white and may fall outside the mask (as in
+    real slides), so non-tumor regions are checked in aggregate, not one by one.
+    """
+    samples = _demo_slides(demo_run)
+    for slide in samples.index:
+        qc = json.loads((demo_run / "results/slides" / slide / "tissue/qc.json").read_text())
+        mask = read_mask(demo_run / "results/slides" / slide / "tissue/mask.png")
+        scale = qc["mask_mpp"] / samples.loc[slide, "mpp"]  # level-0 px per mask px
+        rows, cols = np.mgrid[0 : mask.shape[0], 0 : mask.shape[1]]
+        centre_x, centre_y = (cols.ravel() + 0.5) * scale, (rows.ravel() + 0.5) * scale
+        covered = {"tumor": [0, 0], "non-tumor": [0, 0]}
+        for feature in read_geojson(demo_run / "results/demo_cohort/annotations" / f"{slide}.geojson"):
+            kind = "non-tumor" if feature["properties"]["classification"]["name"] == "non-tumor" else "tumor"
+            inside = shapely.contains_xy(shape(feature["geometry"]), centre_x, centre_y)
+            covered[kind][0] += int(mask.ravel()[inside].sum())
+            covered[kind][1] += int(inside.sum())
+        assert covered["tumor"][1] > 0, slide
+        assert covered["tumor"][0] / covered["tumor"][1] > 0.99, slide
+        assert covered["non-tumor"][0] / covered["non-tumor"][1] > 0.85, slide
+
+
+def test_planted_nuclei_are_dark_in_the_tiles(demo_run):
+    """Truth nuclei (level-0 px) mapped into tiles.zarr land on hematoxylin-dark pixels."""
+    samples = _demo_slides(demo_run)
+    slide = samples.index[0]
+    folder = demo_run / "results/slides" / slide
+    array = open_tiles(folder / "tiles.zarr")
+    import zarr
+
+    meta = zarr.open_group(str(folder / "tiles.zarr"), mode="r").attrs["bcpath"]
+    nuclei = pd.read_csv(demo_run / "results/demo_cohort/truth" / f"{slide}.nuclei.csv")
+    grid = pd.read_parquet(folder / "grid.parquet")
+    image = np.asarray(array[:]).mean(axis=0)  # grey, (H, W)
+    x = ((nuclei.x - meta["origin_x0"]) / meta["level0_px_per_px"]).round().astype(int)
+    y = ((nuclei.y - meta["origin_y0"]) / meta["level0_px_per_px"]).round().astype(int)
+    written = np.zeros(image.shape, bool)
+    for tile in grid.itertuples():
+        written[tile.y : tile.y + 512, tile.x : tile.x + 512] = True
+    keep = (x >= 0) & (y >= 0) & (x < image.shape[1]) & (y < image.shape[0])
+    keep &= written[y.clip(0, image.shape[0] - 1), x.clip(0, image.shape[1] - 1)]
+    at_nuclei = image[y[keep], x[keep]].mean()
+    tissue = image[written & (image < 230)].mean()
+    assert keep.sum() > 100
+    assert at_nuclei < tissue - 10
+
+
+def test_default_run_writes_only_results_logs_benchmarks(demo_run):
+    assert {path.split("/")[0] for path in files_under(demo_run)} <= {"results", "logs", "benchmarks"}
+    assert pd.read_csv(demo_run / "results/cohort/failures.csv").empty
+
+
+def test_second_run_has_nothing_to_do(demo_run):
+    result = run_snakemake(demo_run, "--cores", "2", "-n")
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_snakemake_lint_is_clean(tmp_path):
+    result = run_snakemake(tmp_path, "--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations" in result.stdout + result.stderr
+    assert REPO_ROOT.joinpath("Snakefile").is_file()
