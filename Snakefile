@@ -2,12 +2,17 @@
 # Wiring only; helpers live in rules/common.smk, logic in src/bcpath.
 from snakemake.utils import min_version, validate
 
+from bcpath.cohort import load_schema
+from bcpath.workflow import coerce_command_line_values
+
 min_version("9.0")
 
 
 configfile: "config.yaml"
 
 
+# Nested --config values (e.g. demo='{n_slides: 24}') arrive as strings: type them first.
+coerce_command_line_values(config, load_schema("config"))
 validate(config, "schemas/config.schema.yaml")
 
 

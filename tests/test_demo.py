@@ -127,7 +127,7 @@ def test_annotations_parse_lie_in_slide_and_carry_labels(cohort: Path) -> None:
 
     rows = {r["slide_id"]: r for r in _read_tsv(cohort / "samples.tsv")}
     width, height = SMALL
-    for slide_id, row in rows.items():
+    for row in rows.values():
         features = read_geojson(cohort / row["annotations"])
         assert features
         tumor_names: dict[str, set[str]] = {b: set() for b in BIOMARKERS}

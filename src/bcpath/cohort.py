@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ _STATUS_ALIASES = {"positive": "positive", "pos": "positive", "+": "positive", "
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> dict[str, Any]:
     """A JSON Schema shipped with the package (``config`` or ``samples``)."""
     import yaml

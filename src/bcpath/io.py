@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary file path next to ``path``; rename it onto ``path`` on success.

@@ -60,7 +60,7 @@ def write_failure_record(record_path: str | os.PathLike[str], slide_id: str, rul
             "rule": rule,
             "error": error,
             "log": log or "",
-            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         },
     )
 
@@ -131,3 +131,39 @@ def collect_failures(records_dir: str | os.PathLike[str], out_csv: str | os.Path
         writer.writeheader()
         writer.writerows(rows)
     return rows
+
+
+def coerce_command_line_values(config: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """Turn nested ``--config`` strings back into the numbers/booleans the schema asks for.
+
+    Snakemake parses ``--config demo='{n_slides: 24}'`` with YAML's BaseLoader, so nested
+    values arrive as strings ("24"); top-level values are already typed. Only values whose
+    schema type is number, integer or boolean (and not string) are converted, and only when
+    YAML reads them as that type; everything else is left for validation to report.
+    Mutates and returns ``config``.
+    """
+    import yaml
+
+    wanted = {"integer": (int,), "number": (int, float), "boolean": (bool,)}
+    for key, value in config.items():
+        prop = schema.get("properties", {}).get(key)
+        if not isinstance(prop, dict):
+            continue
+        if isinstance(value, dict):
+            coerce_command_line_values(value, prop)
+            continue
+        types = prop.get("type", [])
+        types = [types] if isinstance(types, str) else list(types)
+        if not isinstance(value, str) or "string" in types:
+            continue
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            continue
+        if parsed is None and "null" in types:
+            config[key] = None
+        elif any(isinstance(parsed, wanted.get(t, ())) for t in types) and not (
+            isinstance(parsed, bool) and "boolean" not in types
+        ):
+            config[key] = parsed
+    return config
