@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -241,7 +241,8 @@ def open_tiles(path: str | os.PathLike[str]) -> Any:
     import zarr
 
     group = zarr.open_group(str(path), mode="r")
-    if group.attrs.get("bcpath", {}).get("compression") == "jpeg":
+    meta = group.attrs.get("bcpath", {})
+    if isinstance(meta, Mapping) and meta.get("compression") == "jpeg":
         from imagecodecs.numcodecs import register_codecs
 
         register_codecs(codecs=["imagecodecs_jpeg"], verbose=False)

@@ -168,7 +168,7 @@ def mask_to_geojson_features(mask: np.ndarray, mask_mpp: float, slide_mpp: float
     if hierarchy is None:
         return []
     scale = mask_mpp / slide_mpp
-    features = []
+    features: list[dict[str, Any]] = []
     hierarchy = hierarchy[0]
 
     def ring(contour: np.ndarray) -> list[list[float]]:

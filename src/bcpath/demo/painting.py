@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import overload
 
 import cv2
 import numpy as np
@@ -82,8 +83,14 @@ class Canvas:
     def blank(cls, width: int, height: int, mpp: float, stains: tuple[str, ...] = ("H", "E")) -> Canvas:
         return cls(width, height, mpp, {s: np.zeros((height, width), np.uint8) for s in stains})
 
+    @overload
+    def px(self, um: float) -> float: ...
+
+    @overload
+    def px(self, um: np.ndarray) -> np.ndarray: ...
+
     def px(self, um: float | np.ndarray) -> float | np.ndarray:
-        """Convert µm to level-0 pixels."""
+        """Convert µm to level-0 pixels (a float for a float, an array for an array)."""
         return um / self.mpp
 
     @property
@@ -209,7 +216,7 @@ def smooth_noise(
     """Low-frequency noise in [0, 1], (H, W) float32, with features about ``cell`` px wide."""
     h, w = shape
     gh, gw = max(2, int(math.ceil(h / cell)) + 2), max(2, int(math.ceil(w / cell)) + 2)
-    grid = rng.random((gh, gw), dtype=np.float32)
+    grid: np.ndarray = rng.random((gh, gw), dtype=np.float32)
     grid = cv2.GaussianBlur(grid, (0, 0), 0.8)
     grid = (grid - grid.min()) / max(float(grid.max() - grid.min()), 1e-6)
     big = cv2.resize(grid, (int(gw * cell), int(gh * cell)), interpolation=cv2.INTER_CUBIC)
@@ -222,7 +229,7 @@ def grain(rng: np.random.Generator, shape: tuple[int, int], sigma: float = 0.8, 
     Made at half resolution and upsampled (fast); ``spread`` is the ± range before blurring.
     """
     h, w = shape
-    half = rng.integers(128 - spread, 128 + spread + 1, size=((h + 1) // 2, (w + 1) // 2), dtype=np.uint8)
+    half: np.ndarray = rng.integers(128 - spread, 128 + spread + 1, size=((h + 1) // 2, (w + 1) // 2), dtype=np.uint8)
     half = cv2.GaussianBlur(half, (0, 0), sigma)
     return cv2.resize(half, (w, h), interpolation=cv2.INTER_LINEAR)
 
@@ -479,6 +486,7 @@ def render_rgb(
             channel = factor if channel is None else cv2.multiply(channel, factor, scale=1.0 / 255.0)
         assert channel is not None
         if noise is not None:
-            channel = cv2.subtract(cv2.add(channel, noise), 2)
+            # cv2 stubs omit the scalar form of src2, which OpenCV accepts.
+            channel = cv2.subtract(cv2.add(channel, noise), 2)  # type: ignore[call-overload]
         rgb[:, :, c] = channel
     return rgb

@@ -227,7 +227,8 @@ def draw_gland(
         idx = np.clip(np.searchsorted(arc, where) - 1, 0, len(out) - 1)
         for i in idx:
             ang = math.degrees(math.atan2(unit[i, 1], unit[i, 0])) + 90.0
-            draw_nucleus(canvas, rng, *out[i], px(rng.uniform(3.5, 4.5)), px(rng.uniform(1.2, 1.6)), ang, STROMAL, kind)
+            ox, oy = out[i]
+            draw_nucleus(canvas, rng, ox, oy, px(rng.uniform(3.5, 4.5)), px(rng.uniform(1.2, 1.6)), ang, STROMAL, kind)
     return float(rl + t)
 
 
@@ -430,7 +431,7 @@ def paint_fat(canvas: Canvas, rng: np.random.Generator, region: shapely.Polygon)
     subdiv = cv2.Subdiv2D((0, 0, w, h))
     subdiv.insert([(float(x), float(y)) for x, y in pts])
     facets, _ = subdiv.getVoronoiFacetList([])
-    polys = [np.round(f * 16).astype(np.int32).reshape(-1, 1, 2) for f in facets]
+    polys = [np.round(np.asarray(f) * 16).astype(np.int32).reshape(-1, 1, 2) for f in facets]
     cv2.polylines(membranes, polys, True, 66, thickness=max(2, int(round(px(1.0)))), lineType=cv2.LINE_AA, shift=4)
     fill_where(canvas.stains["E"], mask, membranes, box)
     fill_where(canvas.stains["H"], mask, 0, box)

@@ -208,7 +208,8 @@ def paint_stroma(canvas: Canvas, rng: np.random.Generator, tissue: shapely.Geome
     draw_polylines(e_img, clefts, 10, 2)
     mask = rasterize(tissue, (h, w), value=255)
     cv2.bitwise_and(e_img, mask, dst=e_img)
-    cv2.bitwise_and(mask, 5, dst=canvas.stains["H"])  # faint hematoxylin tint of all tissue
+    # faint hematoxylin tint of all tissue (cv2 stubs omit the scalar src2 that OpenCV accepts)
+    cv2.bitwise_and(mask, 5, dst=canvas.stains["H"])  # type: ignore[call-overload]
     return theta, theta_scale
 
 

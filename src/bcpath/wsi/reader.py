@@ -57,7 +57,7 @@ class _OpenSlideBackend:
         import openslide
 
         self._slide = openslide.OpenSlide(str(path))
-        self.level_dimensions = [tuple(map(int, d)) for d in self._slide.level_dimensions]
+        self.level_dimensions: list[tuple[int, int]] = [(int(w), int(h)) for w, h in self._slide.level_dimensions]
         self.level_downsamples = [float(d) for d in self._slide.level_downsamples]
 
     def read_level(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
@@ -103,7 +103,10 @@ class _TiffBackend:
             self._arrays.append(zarr.open_array(store, mode="r"))
         width0 = self.level_dimensions[0][0]
         self.level_downsamples = [width0 / w for w, _ in self.level_dimensions]
-        self._page = levels[0].keyframe if hasattr(levels[0], "keyframe") else self._tif.pages[0]
+        # The first level's keyframe is a full TiffPage (a TiffFrame carries no tags of its own).
+        self._page: tifffile.TiffPage = (
+            levels[0].keyframe if hasattr(levels[0], "keyframe") else self._tif.pages.first
+        )
 
     def read_level(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
         array = self._arrays[level]
@@ -125,7 +128,7 @@ class _TiffBackend:
 
     def properties(self) -> dict[str, str]:
         page = self._page
-        props = {"tiff.Compression": str(page.compression.name), "tiff.Tiled": str(page.is_tiled)}
+        props = {"tiff.Compression": _compression_name(page.compression), "tiff.Tiled": str(page.is_tiled)}
         if page.description:
             props["tiff.ImageDescription"] = page.description[:500]
         return props
@@ -344,6 +347,20 @@ class Slide:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _compression_name(code: int) -> str:
+    """Name of a TIFF compression code, e.g. "JPEG"; the number for codes tifffile has no name for.
+
+    tifffile stores known codes as ``COMPRESSION`` members but keeps vendor-specific codes
+    (and the default when the tag is missing) as plain ints, which have no ``.name``.
+    """
+    import tifffile
+
+    try:
+        return tifffile.COMPRESSION(code).name
+    except ValueError:
+        return str(int(code))
 
 
 def _open_backend(path: Path, slide_id: str) -> _Backend:
