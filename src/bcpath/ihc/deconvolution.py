@@ -5,7 +5,8 @@ multi-thresholding (LAMT) and the stain-intensity image I_la.
 
 Conventions
 -----------
-- Input images are (H, W, 3) uint8 RGB; I0 = 255 (the white of a bright-field scan).
+- Input images are (H, W, 3) uint8 RGB (a 4th alpha channel is dropped); I0 = 255 (the white
+  of a bright-field scan) unless a per-channel white is given (:func:`estimate_white`).
 - Optical density: ``OD = -log10(max(I, 1) / I0)``, float32, >= 0 (pixels brighter than I0 clip
   to 0; 0-valued pixels are treated as 1 so OD stays finite, max ~2.41).
 - Stain vectors are OD colours (R, G, B) normalised to unit length, one per row.
@@ -31,7 +32,7 @@ collects what neither explains. ImageJ's Colour Deconvolution instead completes 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -75,25 +76,36 @@ def cross_residual(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return r if r[np.argmax(np.abs(r))] > 0 else -r
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StainVectors:
     """Unit OD colour vectors of hematoxylin, DAB and a residual channel.
 
     Attributes:
         hematoxylin: (3,) float64 unit OD vector (R, G, B).
         dab: (3,) float64 unit OD vector.
-        residual: (3,) float64 unit OD vector; the normalised cross product when not given.
+        residual: (3,) float64 unit OD vector; None or all zeros (the paper's third row) is
+            replaced by the normalised cross product of DAB and hematoxylin.
         name: where the vectors come from ("liu2019", "qupath", "estimated", ...).
+
+    Raises:
+        ValueError: a zero vector, parallel stains, or three vectors in one plane (the stain
+            matrix would not be invertible).
     """
 
     hematoxylin: np.ndarray
     dab: np.ndarray
-    residual: np.ndarray = field(default=None)  # type: ignore[assignment]
+    residual: np.ndarray | None = None
     name: str = "custom"
 
     def __post_init__(self) -> None:
         h, d = _unit(self.hematoxylin), _unit(self.dab)
         r = cross_residual(d, h) if self.residual is None or not np.any(self.residual) else _unit(self.residual)
+        if abs(float(np.linalg.det(np.stack([h, d, r])))) < 1e-6:
+            raise ValueError(
+                f"stain vectors {self.name!r} lie in one plane (hematoxylin {np.round(h, 3).tolist()}, "
+                f"DAB {np.round(d, 3).tolist()}, residual {np.round(r, 3).tolist()}); "
+                "leave the residual out to use the cross product"
+            )
         object.__setattr__(self, "hematoxylin", h)
         object.__setattr__(self, "dab", d)
         object.__setattr__(self, "residual", r)
@@ -101,7 +113,7 @@ class StainVectors:
     @property
     def matrix(self) -> np.ndarray:
         """(3, 3) float64 stain matrix, rows hematoxylin, DAB, residual (OD = C @ matrix)."""
-        return np.stack([self.hematoxylin, self.dab, self.residual])
+        return np.stack([self.hematoxylin, self.dab, np.asarray(self.residual)])
 
     @property
     def inverse(self) -> np.ndarray:
@@ -114,7 +126,7 @@ class StainVectors:
             "name": self.name,
             "hematoxylin": [round(float(x), 4) for x in self.hematoxylin],
             "dab": [round(float(x), 4) for x in self.dab],
-            "residual": [round(float(x), 4) for x in self.residual],
+            "residual": [round(float(x), 4) for x in np.asarray(self.residual)],
         }
 
 
@@ -146,32 +158,72 @@ def get_stain_vectors(name: str = "liu2019", rgb: np.ndarray | None = None) -> S
     raise ValueError(f"unknown stain vectors {name!r}; use 'liu2019', 'qupath' or 'estimate'")
 
 
-def rgb_to_od(rgb: np.ndarray, i0: float = I0) -> np.ndarray:
+def _rgb3(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) view of an RGB or RGBA array (alpha dropped); other shapes are an error."""
+    x = np.asarray(rgb)
+    if x.ndim < 1 or x.shape[-1] not in (3, 4):
+        raise ValueError(f"expected an (..., 3) RGB or (..., 4) RGBA array, got shape {x.shape}")
+    return x[..., :3]
+
+
+def rgb_to_od(rgb: np.ndarray, i0: float | np.ndarray = I0) -> np.ndarray:
     """Beer-Lambert optical density.
 
     Args:
-        rgb: (..., 3) uint8 (or float in [0, 255]) RGB.
-        i0: incident intensity (white level), 255 for 8-bit scans.
+        rgb: (..., 3) uint8 (or float in [0, 255]) RGB; a 4th (alpha) channel is dropped.
+        i0: incident intensity (white level): 255 for 8-bit scans, or a (3,) per-channel white
+            such as :func:`estimate_white` returns.
 
     Returns:
-        (..., 3) float32 OD = -log10(max(I, 1) / i0), clipped at 0.
+        (..., 3) float32 OD = -log10(max(I, 1) / i0), clipped at 0 (pixels brighter than the
+        white carry no stain).
     """
-    x = np.maximum(np.asarray(rgb, dtype=np.float32), 1.0)
-    return np.maximum(-np.log10(x / np.float32(i0)), 0.0).astype(np.float32)
+    x = np.maximum(_rgb3(rgb).astype(np.float32), 1.0)
+    white = np.asarray(i0, dtype=np.float32)
+    if np.any(white <= 0):
+        raise ValueError(f"white level i0 must be > 0, got {i0}")
+    return np.maximum(-np.log10(x / white), 0.0).astype(np.float32)
 
 
-def od_to_rgb(od: np.ndarray, i0: float = I0) -> np.ndarray:
+def estimate_white(rgb: np.ndarray, percentile: float = 99.0, min_luminance: float = 180.0) -> np.ndarray:
+    """Per-channel white level (I0) of a bright-field image, from its brightest pixels.
+
+    Scanners rarely render glass as 255; taking I0 from the image makes unstained background
+    OD ~0, which the fixed OD thresholds of cell scoring (0.2 / 0.4 / 0.6) presume. QuPath
+    does the same when it estimates the image background.
+
+    Args:
+        rgb: (H, W, 3) uint8 RGB.
+        percentile: pixels at or above this luminance percentile are taken as white.
+        min_luminance: if those pixels are darker than this (no background in the image),
+            255 is returned instead and a message is logged.
+
+    Returns:
+        (3,) float64 per-channel I0 in [1, 255].
+    """
+    x = _rgb3(rgb).reshape(-1, 3)
+    lum = luminance(x)
+    bright = x[lum >= np.percentile(lum, percentile)].astype(np.float64)
+    white = np.median(bright, axis=0)
+    if float(luminance(white[None, None])[0, 0]) < min_luminance:
+        logger.info("no white background found (brightest pixels ~%s); using I0 = 255", np.round(white).tolist())
+        return np.full(3, I0)
+    return np.clip(white, 1.0, 255.0)
+
+
+def od_to_rgb(od: np.ndarray, i0: float | np.ndarray = I0) -> np.ndarray:
     """Inverse of :func:`rgb_to_od`: (..., 3) OD to (..., 3) uint8 RGB."""
-    return np.clip(np.rint(i0 * np.power(10.0, -np.asarray(od, dtype=np.float64))), 0, 255).astype(np.uint8)
+    white = np.asarray(i0, dtype=np.float64)
+    return np.clip(np.rint(white * np.power(10.0, -np.asarray(od, dtype=np.float64))), 0, 255).astype(np.uint8)
 
 
-def separate_stains(rgb: np.ndarray, stains: StainVectors | None = None, i0: float = I0) -> np.ndarray:
+def separate_stains(rgb: np.ndarray, stains: StainVectors | None = None, i0: float | np.ndarray = I0) -> np.ndarray:
     """Colour deconvolution (Ruifrok & Johnston 2001) into hematoxylin, DAB, residual.
 
     Args:
         rgb: (H, W, 3) uint8 RGB.
         stains: stain vectors; default :func:`paper_stain_vectors`.
-        i0: white level.
+        i0: white level, scalar or (3,) per channel.
 
     Returns:
         (H, W, 3) float32 stain amounts in OD units, channels ``[H, DAB, residual]``. Values can
@@ -182,7 +234,7 @@ def separate_stains(rgb: np.ndarray, stains: StainVectors | None = None, i0: flo
     return (od.reshape(-1, 3) @ stains.inverse.astype(np.float32)).reshape(od.shape).astype(np.float32)
 
 
-def combine_stains(concentrations: np.ndarray, stains: StainVectors | None = None, i0: float = I0) -> np.ndarray:
+def combine_stains(concentrations: np.ndarray, stains: StainVectors | None = None, i0: float | np.ndarray = I0) -> np.ndarray:
     """Inverse of :func:`separate_stains`: (H, W, 3) stain amounts to (H, W, 3) uint8 RGB."""
     stains = stains or paper_stain_vectors()
     c = np.asarray(concentrations, dtype=np.float64)
@@ -196,6 +248,7 @@ def estimate_stain_vectors(
     alpha: float = 1.0,
     reference: StainVectors | None = None,
     min_pixels: int = 500,
+    i0: float | np.ndarray = I0,
 ) -> StainVectors:
     """Per-image H and DAB vectors, Macenko et al. (2009) style, on optical density.
 
@@ -211,30 +264,31 @@ def estimate_stain_vectors(
         alpha: percentile (%) for the robust extreme angles.
         reference: vectors to label the two estimates and to fall back to; default paper's.
         min_pixels: fewer stained pixels than this -> the reference is returned (logged).
+        i0: white level for the optical density, scalar or (3,).
 
     Returns:
         :class:`StainVectors` named ``"estimated"`` (or the reference when estimation fails).
     """
     reference = reference or paper_stain_vectors()
-    od = rgb_to_od(rgb).reshape(-1, 3).astype(np.float64)
+    od = rgb_to_od(rgb, i0).reshape(-1, 3).astype(np.float64)
     od = od[od.sum(axis=1) > 3 * od_threshold]
     if len(od) < min_pixels:
         logger.warning("stain estimation: %d stained pixels (< %d); using %s vectors", len(od), min_pixels, reference.name)
         return reference
-    # Principal plane of the stained OD (uncentred, as Macenko).
+    # Principal plane of the stained OD (uncentred, as Macenko), both axes pointing into the
+    # positive octant so that angles are measured consistently.
     _, _, vt = np.linalg.svd(od[:: max(1, len(od) // 200_000)], full_matrices=False)
-    plane = vt[:2]
-    if plane[0].sum() < 0:
-        plane[0] = -plane[0]
-    if plane[1].sum() < 0:
-        plane[1] = -plane[1]
+    plane = vt[:2] * np.where(vt[:2].sum(axis=1, keepdims=True) < 0, -1.0, 1.0)
     proj = od @ plane.T
     phi = np.arctan2(proj[:, 1], proj[:, 0])
     lo, hi = np.percentile(phi, [alpha, 100 - alpha])
-    v1 = np.array([np.cos(lo), np.sin(lo)]) @ plane
-    v2 = np.array([np.cos(hi), np.sin(hi)]) @ plane
-    v1, v2 = np.abs(v1) * np.sign(v1.sum()), np.abs(v2) * np.sign(v2.sum())  # OD colours are >= 0
-    v1, v2 = _unit(np.maximum(v1, 1e-6)), _unit(np.maximum(v2, 1e-6))
+    vectors = []
+    for angle in (lo, hi):
+        v = np.array([np.cos(angle), np.sin(angle)]) @ plane
+        v = v if v.sum() > 0 else -v
+        # A stain absorbs in every channel or not at all: negative components are noise.
+        vectors.append(_unit(np.maximum(v, 1e-6)))
+    v1, v2 = vectors
     if float(v1 @ v2) > 0.995:
         logger.warning("stain estimation: one stain only (vectors %.3f apart); using %s vectors", float(v1 @ v2), reference.name)
         return reference
@@ -284,19 +338,33 @@ class LamtResult:
         dab_mask: (H, W) bool, True where the pixel is assigned to the DAB class.
         stained: (H, W) bool, pixels that carry stain (the rest is background, never DAB).
         edges: (K + 1,) float luminance interval edges in [0, 255].
-        thresholds: (K,) float DAB OD threshold used in each interval (global where the
-            interval had too few pixels of a class to fit).
-        global_threshold: float, the initial DAB/hematoxylin split (Otsu on stained DAB OD).
+        thresholds: (K,) float DAB OD threshold of each interval, darkest interval first.
+        fitted: (K,) bool, True where the interval held both classes and got its own threshold;
+            the others are interpolated from the fitted neighbours (global when none fitted).
+        global_threshold: float, Otsu's threshold of the DAB OD of all stained pixels.
     """
 
     dab_mask: np.ndarray
     stained: np.ndarray
     edges: np.ndarray
     thresholds: np.ndarray
+    fitted: np.ndarray
     global_threshold: float
 
 
-def _otsu(values: np.ndarray, bins: int = 256) -> float:
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of an array of values (any shape), from a ``bins`` histogram.
+
+    Non-finite values are ignored. Returns the upper edge of the last bin of the lower class,
+    so ``values > t`` is the upper class.
+
+    Raises:
+        ValueError: no finite value.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        raise ValueError("Otsu threshold of an empty array (no finite values)")
     hist, edges = np.histogram(values, bins=bins)
     centers = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(hist)
@@ -305,7 +373,7 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
     mu0 = m0 / np.maximum(w0, 1)
     mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
     between = w0 * w1 * (mu0 - mu1) ** 2
-    return float(centers[int(np.argmax(between[:-1]))])
+    return float(edges[int(np.argmax(between[:-1])) + 1])
 
 
 def map_threshold(dab_values: np.ndarray, initial: float, iterations: int = 5, min_count: int = 20) -> float | None:
@@ -347,62 +415,93 @@ def map_threshold(dab_values: np.ndarray, initial: float, iterations: int = 5, m
     return t
 
 
+def _interval_threshold(x: np.ndarray, global_t: float, min_count: int, min_separation: float) -> float | None:
+    """DAB threshold of one luminance interval, or None when it holds a single class.
+
+    Otsu's split of the interval's own DAB OD is accepted when both sides have ``min_count``
+    pixels, their means are ``min_separation`` OD apart and the lower side looks like
+    hematoxylin (mean below the global threshold ``global_t``; dark intervals often hold
+    strong and very strong DAB only). :func:`map_threshold` then refines it; the result is
+    capped at ``global_t``.
+    """
+    t = otsu_threshold(x)
+    lo, hi = x[x <= t], x[x > t]
+    if len(lo) < min_count or len(hi) < min_count:
+        return None
+    if hi.mean() - lo.mean() < min_separation or lo.mean() >= global_t:
+        return None
+    refined = map_threshold(x, t, min_count=min_count)
+    return min(t if refined is None else refined, global_t)
+
+
 def lamt(
     rgb: np.ndarray,
     *,
     k: int = 8,
     stains: StainVectors | None = None,
     concentrations: np.ndarray | None = None,
+    i0: float | np.ndarray = I0,
     background_od: float = 0.15,
     min_count: int = 50,
+    min_separation: float = 0.1,
 ) -> LamtResult:
     """Luminance-adaptive multi-thresholding of the DAB channel (Liu et al. 2019).
 
+    A single threshold on the DAB channel fails because the DAB that hematoxylin leaks into
+    it (imperfect stain vectors) grows with stain density: dark blue nuclei can carry more
+    apparent DAB than pale brown ones. LAMT therefore thresholds within luminance bands.
     Stained pixels (OD sum > ``background_od``) are split into ``k`` luminance intervals of
-    equal width between their 1st and 99th luminance percentiles (the outer intervals are
-    open-ended). A global Otsu threshold on their DAB OD gives the initial DAB / hematoxylin
-    classes; in each interval a MAP threshold (:func:`map_threshold`) between the two classes'
-    Gaussian models of DAB OD replaces it, so dark (saturated) and pale regions each get a
-    threshold that fits their own DAB distribution. Intervals whose classes are too small keep
-    the global threshold.
+    equal width between their 1st and 99th luminance percentiles (outer intervals open-ended).
+    In each interval holding two classes, Otsu's split of the DAB OD, refined by a MAP
+    (Bayes) boundary between the two classes' Gaussians (:func:`map_threshold`) and capped at
+    the global Otsu threshold, gives the interval's threshold. Intervals with one class only
+    (too few pixels on a side, means closer than ``min_separation``, or a lower class already
+    above the global threshold: dark intervals of strong DAB only) take the threshold
+    interpolated from the fitted intervals around them (the global one when none fitted).
 
     Args:
         rgb: (H, W, 3) uint8 RGB.
         k: number of luminance intervals.
         stains: stain vectors (default paper's); ignored when ``concentrations`` is given.
         concentrations: (H, W, 3) float32 from :func:`separate_stains`, to avoid recomputing.
+        i0: white level for the optical density, scalar or (3,).
         background_od: OD-sum threshold separating stained pixels from background.
         min_count: minimum pixels per class in an interval to fit its own threshold.
+        min_separation: minimum DAB OD between the two class means of an interval.
 
     Returns:
         :class:`LamtResult`.
     """
-    conc = concentrations if concentrations is not None else separate_stains(rgb, stains)
+    conc = concentrations if concentrations is not None else separate_stains(rgb, stains, i0)
     dab = conc[..., DAB_CHANNEL]
     lum = luminance(rgb)
-    stained = rgb_to_od(rgb).sum(axis=-1) > background_od
+    stained = rgb_to_od(rgb, i0).sum(axis=-1) > background_od
     values = dab[stained]
     if values.size < 2 * min_count:
         edges = np.linspace(0, 255, k + 1)
-        return LamtResult(np.zeros(dab.shape, bool), stained, edges, np.full(k, np.inf), float("inf"))
-    t0 = _otsu(values)
-    lv = lum[stained]
-    lo, hi = np.percentile(lv, [1, 99])
+        nothing = np.zeros(dab.shape, bool)
+        return LamtResult(nothing, stained, edges, np.full(k, np.inf), np.zeros(k, bool), float("inf"))
+    t0 = otsu_threshold(values)
+    lo, hi = np.percentile(lum[stained], [1, 99])
     edges = np.linspace(lo, hi, k + 1) if hi > lo else np.linspace(0, 255, k + 1)
     idx = np.clip(np.digitize(lum, edges[1:-1]), 0, k - 1)
     thresholds = np.full(k, t0, dtype=np.float64)
+    fitted = np.zeros(k, bool)
     for i in range(k):
-        sel = stained & (idx == i)
-        if sel.sum() < 2 * min_count:
+        x = dab[stained & (idx == i)].astype(np.float64)
+        if x.size < 2 * min_count:
             continue
-        t = map_threshold(dab[sel], t0, min_count=min_count)
+        t = _interval_threshold(x, t0, min_count, min_separation)
         if t is not None:
-            thresholds[i] = t
+            thresholds[i], fitted[i] = t, True
+    if fitted.any():
+        centres = (edges[:-1] + edges[1:]) / 2
+        thresholds[~fitted] = np.interp(centres[~fitted], centres[fitted], thresholds[fitted])
     dab_mask = stained & (dab > thresholds[idx])
     edges_out = edges.copy()
     edges_out[0], edges_out[-1] = 0.0, 255.0
     logger.debug("LAMT: global %.3f, per-interval %s", t0, np.round(thresholds, 3).tolist())
-    return LamtResult(dab_mask, stained, edges_out, thresholds, t0)
+    return LamtResult(dab_mask, stained, edges_out, thresholds, fitted, t0)
 
 
 def stain_intensity_image(rgb: np.ndarray, dab_mask: np.ndarray | None = None, **lamt_kwargs: object) -> np.ndarray:
