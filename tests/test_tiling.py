@@ -145,3 +145,26 @@ def test_plan_grid_fraction_of_half_covered_tile(require_shared):
     assert grid.n_tiles == 1
     assert (grid.origin_x0, grid.origin_y0) == (0, 0)
     assert grid.tissue_fraction[0] == pytest.approx(0.5, abs=0.02)
+
+
+def test_plan_grid_fractions_equal_brute_force_counts(require_shared):
+    """Every tile's tissue fraction is the mean of the mask over its window (random blobs)."""
+    rng = np.random.default_rng(7)
+    mask = np.zeros((371, 278), bool)  # 2 µm/px mask; one 256 px tile at 1 µm/px = 128 mask px
+    for _ in range(12):
+        y, x, r = rng.integers(20, 350), rng.integers(20, 260), rng.integers(5, 40)
+        yy, xx = np.ogrid[:371, :278]
+        mask |= (yy - y) ** 2 + (xx - x) ** 2 < r**2
+    with open_slide(require_shared("wsi/CMU-1-Small-Region.svs")) as slide:
+        grid = plan_grid(mask, 2.0, slide, TilingParams(mpp=1.0, tile_px=256, min_tissue_fraction=0.0))
+    top = int(np.flatnonzero(mask.any(axis=1))[0])
+    left = int(np.flatnonzero(mask.any(axis=0))[0])
+    assert grid.n_tiles > 3
+    for row, col, fraction in zip(grid.rows, grid.cols, grid.tissue_fraction, strict=True):
+        window = mask[top + row * 128 : top + (row + 1) * 128, left + col * 128 : left + (col + 1) * 128]
+        assert fraction == pytest.approx(window.sum() / 128**2, abs=1e-6)
+    padded = np.zeros((grid.n_rows * 128, grid.n_cols * 128), bool)
+    crop = mask[top:, left:][: padded.shape[0], : padded.shape[1]]
+    padded[: crop.shape[0], : crop.shape[1]] = crop
+    n_nonempty = int((padded.reshape(grid.n_rows, 128, grid.n_cols, 128).sum(axis=(1, 3)) > 0).sum())
+    assert grid.n_tiles == n_nonempty

@@ -101,29 +101,36 @@ def plan_grid(mask: np.ndarray, mask_mpp: float, slide: Slide, params: TilingPar
         slide: the slide (for level-0 µm/px and dimensions).
         params: tiling parameters.
     """
+    import cv2
+
     scale = params.mpp / slide.mpp
     tile0 = params.tile_px * scale  # tile edge in level-0 px
     mask_per_level0 = slide.mpp / mask_mpp
     empty = np.zeros(0, dtype=np.int64)
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    tissue_cols = np.flatnonzero(mask.any(axis=0))
+    tissue_rows = np.flatnonzero(mask.any(axis=1))
+    if len(tissue_cols) == 0:
         return TileGrid(0, 0, scale, params.tile_px, 0, 0, empty, empty, np.zeros(0, np.float32))
     # Tissue bounding box in level-0 px, snapped to analysis pixels.
-    x0_min = math.floor(xs.min() / mask_per_level0 / scale) * scale
-    y0_min = math.floor(ys.min() / mask_per_level0 / scale) * scale
-    x0_max = (xs.max() + 1) / mask_per_level0
-    y0_max = (ys.max() + 1) / mask_per_level0
+    x0_min = math.floor(tissue_cols[0] / mask_per_level0 / scale) * scale
+    y0_min = math.floor(tissue_rows[0] / mask_per_level0 / scale) * scale
+    x0_max = (tissue_cols[-1] + 1) / mask_per_level0
+    y0_max = (tissue_rows[-1] + 1) / mask_per_level0
     n_cols = max(1, math.ceil((x0_max - x0_min) / tile0))
     n_rows = max(1, math.ceil((y0_max - y0_min) / tile0))
 
-    # Tissue fraction per tile from an integral image of the mask.
-    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
-    integral[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
+    # Tissue fraction per tile from an integral image of the mask (int32 is exact up to
+    # 2^31 tissue pixels: a 46,000² px mask); corners are summed in int64.
+    integral = cv2.integral(np.ascontiguousarray(mask, dtype=np.uint8), sdepth=cv2.CV_32S)
     col_edges = (x0_min + np.arange(n_cols + 1) * tile0) * mask_per_level0
     row_edges = (y0_min + np.arange(n_rows + 1) * tile0) * mask_per_level0
     cx = np.clip(np.round(col_edges).astype(np.int64), 0, mask.shape[1])
     cy = np.clip(np.round(row_edges).astype(np.int64), 0, mask.shape[0])
-    sums = integral[cy[1:, None], cx[None, 1:]] - integral[cy[:-1, None], cx[None, 1:]] - integral[cy[1:, None], cx[None, :-1]] + integral[cy[:-1, None], cx[None, :-1]]
+
+    def corner(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        return integral[ys[:, None], xs[None, :]].astype(np.int64)
+
+    sums = corner(cy[1:], cx[1:]) - corner(cy[:-1], cx[1:]) - corner(cy[1:], cx[:-1]) + corner(cy[:-1], cx[:-1])
     tile_area_mask_px = (tile0 * mask_per_level0) ** 2
     fraction = np.clip(sums / tile_area_mask_px, 0.0, 1.0).astype(np.float32)
     rows, cols = np.nonzero(fraction >= max(params.min_tissue_fraction, 1e-9))
@@ -207,7 +214,7 @@ def _compressor(params: TilingParams) -> tuple[Any, tuple[int, int, int]]:
     import numcodecs
 
     if params.compression == "lossless":
-        return numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE), (3, params.tile_px, params.tile_px)
+        return numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.SHUFFLE), (3, params.tile_px, params.tile_px)
     if params.compression == "jpeg":
         from imagecodecs.numcodecs import Jpeg, register_codecs
 
@@ -250,13 +257,19 @@ def open_tiles(path: str | os.PathLike[str]) -> Any:
 
 
 def _write_run(slide: Slide, array: Any, grid: TileGrid, params: TilingParams, row: int, col: int, count: int) -> None:
+    """Read ``count`` adjacent tiles of ``row`` from ``col`` on in one request; one Zarr write."""
     x0, y0 = grid.level0_xy(row, col)
     strip = slide.read_region(x0, y0, count * params.tile_px, params.tile_px, params.mpp)
-    chw = np.ascontiguousarray(strip.transpose(2, 0, 1))
-    top = row * params.tile_px
-    for index in range(count):
-        left = (col + index) * params.tile_px
-        array[:, top : top + params.tile_px, left : left + params.tile_px] = chw[:, :, index * params.tile_px : (index + 1) * params.tile_px]
+    top, left = row * params.tile_px, col * params.tile_px
+    array[:, top : top + params.tile_px, left : left + count * params.tile_px] = strip.transpose(2, 0, 1)
+
+
+def max_run_for_slide(slide: Slide, params: TilingParams, max_source_px: int = 16_000_000) -> int:
+    """Longest run of tiles read at once: ``params.max_run_tiles``, fewer when the source
+    level is much finer than the target (a slide without a pyramid), so that one request
+    stays under ``max_source_px`` source pixels."""
+    source_per_out = params.mpp / slide.level_mpp(slide.best_level_for_mpp(params.mpp))
+    return max(1, min(params.max_run_tiles, int(max_source_px // (params.tile_px * source_per_out) ** 2)))
 
 
 def write_tiles(slide: Slide, grid: TileGrid, params: TilingParams, zarr_path: Path, threads: int = 1, progress: bool = False) -> None:
@@ -269,7 +282,7 @@ def write_tiles(slide: Slide, grid: TileGrid, params: TilingParams, zarr_path: P
     from tqdm import tqdm
 
     array = create_tile_store(zarr_path, slide, grid, params)
-    runs = list(tile_runs(grid, params.max_run_tiles))
+    runs = list(tile_runs(grid, max_run_for_slide(slide, params)))
     bar = tqdm(total=grid.n_tiles, desc=f"tiling {slide.slide_id}", unit="tile", disable=not progress, mininterval=5)
     lock = threading.Lock()
 

@@ -263,8 +263,8 @@ class Slide:
         """(height, width, 3) uint8 RGB at ``level``; (x0, y0) in level-0 pixels."""
         try:
             return self._backend.read_level(level, int(x0), int(y0), int(width), int(height))
-        except SlideError:
-            raise
+        except (SlideError, MemoryError):
+            raise  # an out-of-memory read is not a corrupt file
         except Exception as error:  # openslide.OpenSlideError, tifffile/zarr decode errors
             raise SlideError(
                 self.slide_id,
@@ -303,10 +303,11 @@ class Slide:
         resized = cv2.resize(block, (full_w, full_h), interpolation=interpolation)
         return np.ascontiguousarray(resized[:height, :width])
 
-    def thumbnail(self, mpp: float, band_px: int = 1024) -> np.ndarray:
+    def thumbnail(self, mpp: float, band_px: int = 1024, band_source_px: int = 32_000_000) -> np.ndarray:
         """Whole slide at ``mpp`` (coarser than level 0), read in horizontal bands.
 
-        Memory stays bounded by one band of the source level plus the output.
+        A band is at most ``band_px`` output rows and at most ``band_source_px`` pixels of
+        the source level, so memory stays bounded even for a slide without a pyramid.
 
         Returns:
             (H, W, 3) uint8 RGB with H = ceil(height0 * mpp0 / mpp).
@@ -315,9 +316,11 @@ class Slide:
         factor = mpp / self.mpp  # level-0 px per output px
         out_w = max(1, int(math.ceil(width0 / factor)))
         out_h = max(1, int(math.ceil(height0 / factor)))
+        source_per_out = mpp / self.level_mpp(self.best_level_for_mpp(mpp))
+        rows_per_band = max(1, min(band_px, int(band_source_px // (out_w * source_per_out**2))))
         out = np.empty((out_h, out_w, 3), dtype=np.uint8)
-        for row in range(0, out_h, band_px):
-            rows = min(band_px, out_h - row)
+        for row in range(0, out_h, rows_per_band):
+            rows = min(rows_per_band, out_h - row)
             out[row : row + rows] = self.read_region(0, row * factor, out_w, rows, mpp)
         return out
 

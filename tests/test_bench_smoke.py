@@ -1,0 +1,61 @@
+"""Smoke test of the benchmarks in bench/: they run end to end in --quick mode.
+
+No timing is asserted (the machine may be busy); only that each script finishes, prints
+its table and ratio lines, and writes valid JSON. Both together take about 20-30 s.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH = REPO_ROOT / "bench"
+
+pytest.importorskip("openslide")
+pytest.importorskip("tifffile")
+
+
+def _run(script: str, tmp_path: Path, *extra: str) -> tuple[str, dict]:
+    out_json = tmp_path / f"{Path(script).stem}.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), "--quick", "--tmp", str(tmp_path), "--json", str(out_json), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout, json.loads(out_json.read_text())
+
+
+def test_tiling_benchmark_quick(tmp_path):
+    stdout, result = _run("tiling.py", tmp_path, "--no-native")
+    assert "speed-up ours/naive:" in stdout
+    assert "fraction of decode limit:" in stdout
+    assert "tile agreement ours vs naive" in stdout
+    methods = {m["method"] for m in result["methods"]}
+    assert {"ours", "naive", "decode"} <= methods
+    assert result["meta"]["n_tiles"] > 0
+    assert result["speedup_ours_vs_naive"] > 0
+    # Same grid, same store: both wrote the same chunk files, pixels close.
+    assert result["same_chunk_files"] is True
+    assert result["agreement"]["mean_abs"] < 10
+
+
+def test_tiling_memory_benchmark_quick(tmp_path):
+    stdout, result = _run("tiling_memory.py", tmp_path)
+    assert "tile step peak RSS:" in stdout and "ratio" in stdout
+    assert "overall:" in stdout
+    assert result["tile_peak_ratio"] is not None
+    for case in result["cases"]:
+        assert set(case["steps"]) == {"baseline", "inspect", "tissue", "tile"}
+        assert case["steps"]["tile"]["n_tiles"] > 0
+        assert case["steps"]["tile"]["peak_rss_mb"] > 0
+    # Temporary files are cleaned up.
+    assert not any(p.name.startswith("bcpath-bench-") for p in tmp_path.iterdir())
