@@ -102,3 +102,80 @@ def test_slide_opened_read_only(require_shared, tmp_path):
     copy.chmod(0o444)
     with open_slide(copy) as slide:
         assert slide.read_region(0, 0, 64, 64, 2.0).shape == (64, 64, 3)
+
+
+def _compare_fast_and_openslide(path, windows_per_level=12, seed=0, **kwargs):
+    """Max and mean abs difference between direct TIFF tile reads and OpenSlide, per level."""
+    rng = np.random.default_rng(seed)
+    diffs = []
+    with (
+        open_slide(path, fast_tiff=True, **kwargs) as fast,
+        open_slide(path, fast_tiff=False, **kwargs) as slow,
+    ):
+        assert slow._backend.fast_levels == []
+        assert fast.info() == slow.info()
+        fast_levels = fast._backend.fast_levels
+        for level in fast_levels:
+            ds = fast.level_downsamples[level]
+            level_w, level_h = fast.level_dimensions[level]
+            windows = [
+                (0, 0, level_w, level_h),
+                (level_w - 70, level_h - 50, 200, 150),
+                (-20, -30, 90, 80),
+            ]
+            for _ in range(windows_per_level):
+                w, h = int(rng.integers(1, 400)), int(rng.integers(1, 400))
+                windows.append(
+                    (
+                        int(rng.integers(-50, level_w + 20)),
+                        int(rng.integers(-50, level_h + 20)),
+                        w,
+                        h,
+                    )
+                )
+            for lx, ly, w, h in windows:
+                x0, y0 = int(round(lx * ds)), int(round(ly * ds))
+                a = fast.read_level(level, x0, y0, w, h)
+                b = slow.read_level(level, x0, y0, w, h)
+                assert a.shape == b.shape == (h, w, 3) and a.dtype == np.uint8
+                diffs.append(np.abs(a.astype(np.int16) - b.astype(np.int16)).ravel())
+    d = np.concatenate(diffs)
+    return fast_levels, int(d.max()), float(d.mean())
+
+
+def test_fast_tiff_reads_match_openslide_on_pyramidal_jpeg_tiff(tmp_path):
+    from bcpath.demo.writer import write_slide_tiff
+
+    rng = np.random.default_rng(1)
+    noise = cv2.GaussianBlur(rng.integers(0, 256, (1000, 1500, 3), dtype=np.uint8), (0, 0), 3)
+    rgb = np.clip(noise.astype(int) * 3 - 200, 0, 255).astype(np.uint8)
+    path = tmp_path / "pyramid.tiff"
+    write_slide_tiff(path, rgb, mpp=0.5, tile=256)
+    levels, max_diff, mean_diff = _compare_fast_and_openslide(path)
+    assert levels[:3] == [0, 1, 2]  # every level whose downsample is exact is read directly
+    assert max_diff <= 2 and mean_diff <= 0.2
+    with open_slide(path) as slide:
+        # A position that is not a whole pixel of the level goes through OpenSlide.
+        ds = slide.level_downsamples[1]
+        assert slide.read_level(1, 3, 5, 40, 30).shape == (30, 40, 3) and ds == 2.0
+        # Beyond the right/bottom edge is white.
+        w1, h1 = slide.level_dimensions[1]
+        outside = slide.read_level(1, 2 * (w1 - 10), 2 * (h1 - 10), 40, 40)
+        assert (outside[10:] == 255).all() and (outside[:, 10:] == 255).all()
+
+
+def test_fast_tiff_reads_match_openslide_on_aperio_jpeg(require_shared):
+    path = require_shared("wsi/CMU-1-Small-Region.svs")
+    levels, max_diff, mean_diff = _compare_fast_and_openslide(path, windows_per_level=20)
+    assert levels == [0]
+    assert max_diff <= 2 and mean_diff <= 0.2
+
+
+def test_fast_tiff_leaves_jpeg2000_to_openslide_and_can_be_switched_off(
+    require_shared, monkeypatch
+):
+    with open_slide(require_shared("wsi/tcga-cr-7395-01a-01-ts1.svs"), mpp=0.5) as slide:
+        assert slide._backend.fast_levels == []
+    monkeypatch.setenv("BCPATH_FAST_TIFF", "0")
+    with open_slide(require_shared("wsi/CMU-1-Small-Region.svs")) as slide:
+        assert slide._backend.fast_levels == []

@@ -16,6 +16,8 @@ import hashlib
 import logging
 import math
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -50,17 +52,195 @@ class _Backend(Protocol):
     def close(self) -> None: ...
 
 
+# TIFF compressions whose tiles tifffile/imagecodecs decode to the same pixels as OpenSlide
+# (JPEG: libjpeg-turbo in both; lossless codecs: exact). JPEG 2000 (Aperio 33003/33005)
+# and everything else stay on OpenSlide.
+_FAST_COMPRESSIONS = {1: "none", 5: "lzw", 7: "jpeg", 8: "deflate", 32946: "deflate", 50000: "zstd"}
+# Set BCPATH_FAST_TIFF=0 to read every pixel through OpenSlide (for comparisons).
+_FAST_TIFF_ENV = "BCPATH_FAST_TIFF"
+
+
+class _FastTiffReader:
+    """Direct tile reads from a tiled TIFF for the OpenSlide levels that map 1:1 to a page.
+
+    A level qualifies when exactly one tiled page has its dimensions and that page is
+    8-bit RGB (3 samples, contiguous) compressed with a codec in ``_FAST_COMPRESSIONS``
+    (JPEG may be RGB or YCbCr). Tile bytes are read with ``os.pread`` on one descriptor
+    (thread-safe, no shared file position) and decoded by tifffile/imagecodecs, which
+    release the GIL. Decoded tiles are kept in a small LRU (bounded by bytes), since
+    adjacent requests share edge tiles. Everything else is left to OpenSlide.
+    """
+
+    def __init__(self, path: Path, level_dimensions: list[tuple[int, int]], cache_bytes: int = 64 << 20) -> None:
+        import tifffile
+
+        self._tif = tifffile.TiffFile(str(path))
+        self._fd: int | None = None
+        try:
+            size = path.stat().st_size
+            by_dims: dict[tuple[int, int], list[Any]] = {}
+            for page in self._tif.pages:
+                if not isinstance(page, tifffile.TiffPage):
+                    continue  # frames share a keyframe's structure; levels are full pages
+                by_dims.setdefault((int(page.imagewidth), int(page.imagelength)), []).append(page)
+            self._levels: dict[int, dict[str, Any]] = {}
+            for level, dims in enumerate(level_dimensions):
+                pages = by_dims.get((int(dims[0]), int(dims[1])), [])
+                if len(pages) != 1 or not self._qualifies(pages[0]):
+                    continue
+                page = pages[0]
+                offsets, counts = tuple(page.dataoffsets), tuple(page.databytecounts)
+                tw, th = int(page.tilewidth), int(page.tilelength)
+                across = -(-int(page.imagewidth) // tw)
+                down = -(-int(page.imagelength) // th)
+                if len(offsets) != across * down or len(counts) != len(offsets):
+                    continue
+                if any(o + c > size for o, c in zip(offsets, counts, strict=True)):
+                    continue  # truncated file: let OpenSlide report it
+                self._levels[level] = {
+                    "page": page,
+                    "decode": page.decode,
+                    "jpegtables": page.jpegtables,
+                    "offsets": offsets,
+                    "counts": counts,
+                    "tile": (tw, th),
+                    "across": across,
+                    "dims": (int(page.imagewidth), int(page.imagelength)),
+                }
+            if self._levels:
+                self._fd = os.open(str(path), os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except Exception:
+            self._tif.close()
+            raise
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_limit = int(cache_bytes)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _qualifies(page: Any) -> bool:
+        compression = int(page.compression)
+        photometric = int(page.photometric)
+        if not page.is_tiled or compression not in _FAST_COMPRESSIONS:
+            return False
+        if int(page.samplesperpixel) != 3 or int(page.planarconfig) != 1 or int(getattr(page, "imagedepth", 1)) != 1:
+            return False
+        if page.bitspersample != 8 or int(page.sampleformat) != 1:
+            return False
+        if int(getattr(page, "tiledepth", 1)) != 1 or int(getattr(page, "fillorder", 1)) != 1:
+            return False
+        if compression == 7:
+            return photometric in (2, 6)  # RGB or YCbCr: libjpeg converts both to RGB
+        if photometric != 2:
+            return False
+        predictor = int(getattr(page, "predictor", 1))
+        return predictor in (1, 2)
+
+    @property
+    def levels(self) -> set[int]:
+        return set(self._levels)
+
+    def _tile(self, level: int, index: int) -> np.ndarray:
+        key = (level, index)
+        with self._lock:
+            tile = self._cache.get(key)
+            if tile is not None:
+                self._cache.move_to_end(key)
+                return tile
+        info = self._levels[level]
+        count, offset = info["counts"][index], info["offsets"][index]
+        tw, th = info["tile"]
+        if count == 0:  # missing tile: OpenSlide leaves it transparent, white here
+            tile = np.full((th, tw, 3), 255, dtype=np.uint8)
+        else:
+            assert self._fd is not None
+            data = os.pread(self._fd, count, offset)
+            if len(data) != count:
+                raise OSError(f"short read of tile {index} at level {level} ({len(data)} of {count} bytes); the file is truncated")
+            segment, _, _ = info["decode"](data, index, jpegtables=info["jpegtables"])
+            tile = np.asarray(segment).reshape(segment.shape[-3:])
+            if tile.shape != (th, tw, 3) or tile.dtype != np.uint8:
+                raise ValueError(f"tile {index} at level {level} decoded to {tile.shape} {tile.dtype}")
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = tile
+                self._cache_bytes += tile.nbytes
+                while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
+                    _, old = self._cache.popitem(last=False)
+                    self._cache_bytes -= old.nbytes
+        return tile
+
+    def read(self, level: int, lx: int, ly: int, width: int, height: int) -> np.ndarray:
+        """(height, width, 3) uint8 at level pixel (lx, ly); white outside the level."""
+        info = self._levels[level]
+        level_w, level_h = info["dims"]
+        tw, th = info["tile"]
+        across = info["across"]
+        out = np.full((height, width, 3), 255, dtype=np.uint8)
+        sx0, sy0 = max(lx, 0), max(ly, 0)
+        sx1, sy1 = min(lx + width, level_w), min(ly + height, level_h)
+        if sx1 <= sx0 or sy1 <= sy0:
+            return out
+        for ty in range(sy0 // th, (sy1 - 1) // th + 1):
+            y_lo, y_hi = max(sy0, ty * th), min(sy1, (ty + 1) * th)
+            for tx in range(sx0 // tw, (sx1 - 1) // tw + 1):
+                x_lo, x_hi = max(sx0, tx * tw), min(sx1, (tx + 1) * tw)
+                tile = self._tile(level, ty * across + tx)
+                out[y_lo - ly : y_hi - ly, x_lo - lx : x_hi - lx] = tile[y_lo - ty * th : y_hi - ty * th, x_lo - tx * tw : x_hi - tx * tw]
+        return out
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        with self._lock:
+            self._cache.clear()
+            self._cache_bytes = 0
+        self._tif.close()
+
+
+def _fast_tiff_enabled(fast_tiff: bool | None) -> bool:
+    if fast_tiff is not None:
+        return bool(fast_tiff)
+    return os.environ.get(_FAST_TIFF_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 class _OpenSlideBackend:
     name = "openslide"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fast_tiff: bool = True) -> None:
         import openslide
 
         self._slide = openslide.OpenSlide(str(path))
         self.level_dimensions: list[tuple[int, int]] = [(int(w), int(h)) for w, h in self._slide.level_dimensions]
         self.level_downsamples = [float(d) for d in self._slide.level_downsamples]
+        self._fast: _FastTiffReader | None = None
+        vendor = self._slide.properties.get("openslide.vendor")
+        if fast_tiff and vendor in ("generic-tiff", "aperio"):
+            try:
+                fast = _FastTiffReader(path, self.level_dimensions)
+            except Exception as error:  # not a TIFF tifffile can parse: OpenSlide reads it all
+                logger.debug("%s: no direct TIFF tile reads (%s)", path, error)
+            else:
+                if fast.levels:
+                    self._fast = fast
+                else:
+                    fast.close()
+
+    @property
+    def fast_levels(self) -> list[int]:
+        """Levels whose pixels are read directly from the TIFF tiles (not through OpenSlide)."""
+        return sorted(self._fast.levels) if self._fast is not None else []
 
     def read_level(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
+        fast = self._fast
+        if fast is not None and level in fast.levels:
+            # OpenSlide places level pixels at x0 / downsample; only whole-pixel positions
+            # are copied directly (fractional ones are interpolated by OpenSlide).
+            ds = self.level_downsamples[level]
+            lx, ly = x0 / ds, y0 / ds
+            if lx == int(lx) and ly == int(ly):
+                return fast.read(level, int(lx), int(ly), width, height)
         region = self._slide.read_region((x0, y0), level, (width, height))
         return _rgba_to_rgb_on_white(np.asarray(region))
 
@@ -76,6 +256,9 @@ class _OpenSlideBackend:
         return mpp if mpp and mpp > 0 else None
 
     def close(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
+            self._fast = None
         self._slide.close()
 
 
@@ -366,13 +549,13 @@ def _compression_name(code: int) -> str:
         return str(int(code))
 
 
-def _open_backend(path: Path, slide_id: str) -> _Backend:
+def _open_backend(path: Path, slide_id: str, fast_tiff: bool = True) -> _Backend:
     size = path.stat().st_size
     if size == 0:
         raise SlideError(slide_id, f"{path} is empty (0 bytes)", "copy the slide again; the transfer or export did not finish")
     errors: list[str] = []
     try:
-        return _OpenSlideBackend(path)
+        return _OpenSlideBackend(path, fast_tiff=fast_tiff)
     except Exception as error:  # OpenSlideUnsupportedFormatError, OpenSlideError
         errors.append(f"OpenSlide: {error}")
     if path.suffix.lower() in (".tif", ".tiff", ".svs"):
@@ -393,6 +576,7 @@ def open_slide(
     slide_id: str | None = None,
     mpp: float | None = None,
     default_mpp: float | None = None,
+    fast_tiff: bool | None = None,
 ) -> Slide:
     """Open a slide read-only and settle its level-0 µm/px.
 
@@ -401,6 +585,11 @@ def open_slide(
         slide_id: name for messages; defaults to the file stem.
         mpp: µm/px from the sample sheet, used only when the file has none.
         default_mpp: explicit config fallback, used when neither file nor sheet has one.
+        fast_tiff: read tiles of TIFF-based slides (generic tiled TIFF, Aperio SVS with
+            JPEG or lossless tiles) directly with tifffile/imagecodecs instead of through
+            OpenSlide, for the levels where that gives OpenSlide's pixels (see
+            ``_FastTiffReader``); metadata always comes from OpenSlide. None: on unless
+            the environment variable BCPATH_FAST_TIFF is 0/false/no/off.
 
     Raises:
         SlideError: unreadable file, or no µm/px anywhere.
@@ -409,7 +598,7 @@ def open_slide(
     slide_id = slide_id or path.stem
     if not path.exists():
         raise SlideError(slide_id, f"file not found: {path}", "fix the path in the sample sheet or cohort directory")
-    backend = _open_backend(path, slide_id)
+    backend = _open_backend(path, slide_id, fast_tiff=_fast_tiff_enabled(fast_tiff))
     file_mpp = backend.file_mpp()
     if file_mpp is not None:
         if mpp is not None and not math.isclose(mpp, file_mpp, rel_tol=0.05):
