@@ -33,7 +33,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 @cache
 def load_schema(name: str) -> dict[str, Any]:
-    """A JSON Schema shipped with the package (``config`` or ``samples``)."""
+    """A JSON Schema shipped with the package (``config``, ``samples`` or ``registry``)."""
     import yaml
 
     text = resources.files("bcpath").joinpath("schemas", f"{name}.schema.yaml").read_text()

@@ -1,0 +1,324 @@
+"""The model registry: model ids tied to architecture, classes, resolution and checked weights.
+
+``models/registry.yaml`` is data (like torchvision's weight recipes or timm's pretrained cfgs):
+each entry says which torchvision architecture to build, the class names in output order, the
+µm/px and patch size the model expects, the input normalisation, the weights file with its
+sha256, the licence and the exact command that produced the weights. Nothing is downloaded:
+weights come from the registry's folder or from a local file a user names.
+
+torch and torchvision are imported inside the functions that need them so that reading the
+registry (e.g. in a Snakemake dry run) stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bcpath.errors import BcpathError
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ARCHITECTURE = "inception_v3"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registry entry.
+
+    Attributes:
+        model_id: the entry's id (key in registry.yaml), used in output paths and messages.
+        architecture: torchvision classification model name, e.g. ``"inception_v3"``.
+        classes: class names in the order of the model's outputs.
+        mpp: input resolution in µm/px.
+        patch_px: input patch side in pixels at ``mpp``.
+        mean: per-channel (R, G, B) normalisation mean for inputs in [0, 1].
+        std: per-channel (R, G, B) normalisation standard deviation.
+        weights: weights file relative to the models folder; None until a training rule makes it.
+        sha256: sha256 of the weights file; None exactly when ``weights`` is None.
+        licence: licence of the weights.
+        training_command: the exact command that produced the weights.
+        description: one line on what the model does ("" when not given).
+    """
+
+    model_id: str
+    architecture: str
+    classes: tuple[str, ...]
+    mpp: float
+    patch_px: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights: str | None
+    sha256: str | None
+    licence: str
+    training_command: str
+    description: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        """Number of outputs of the classifier head."""
+        return len(self.classes)
+
+
+def _error_location(error: Any) -> tuple[str | None, str]:
+    """(entry id, field) named by a jsonschema error on the registry document."""
+    path = [str(p) for p in error.absolute_path]
+    entry = path[1] if len(path) >= 2 and path[0] == "models" else None
+    if error.validator == "required":
+        missing = [p for p in error.validator_value if p not in (error.instance or {})]
+        field = ", ".join(missing) if missing else "?"
+    elif error.validator == "additionalProperties" and len(path) == 2:
+        allowed = set(error.schema.get("properties", {}))
+        field = ", ".join(sorted(k for k in error.instance if k not in allowed)) or "?"
+    elif error.validator == "propertyNames":
+        field = "id"
+    else:
+        field = ".".join(path[2:]) if len(path) > 2 else "/".join(path) or "document"
+    return entry, field
+
+
+def load_registry(path: str | os.PathLike[str]) -> dict[str, ModelSpec]:
+    """Read and validate a model registry (``models/registry.yaml``).
+
+    Args:
+        path: the registry YAML file.
+
+    Returns:
+        Model id → :class:`ModelSpec`, in file order.
+
+    Raises:
+        BcpathError: the file is missing or not YAML, or an entry breaks the schema
+            (``src/bcpath/schemas/registry.schema.yaml``); the message names the file, the entry
+            and the field.
+    """
+    import jsonschema
+    import yaml
+
+    from bcpath.cohort import load_schema
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise BcpathError(f"model registry not found: {file}; pass the path of models/registry.yaml")
+    try:
+        document = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise BcpathError(f"model registry {file}: not valid YAML ({exc}); fix the syntax") from exc
+    schema = load_schema("registry")
+    validator = jsonschema.Draft202012Validator(schema)
+    # Report a field's own problem before a consequence of it (the weights ⇒ sha256 rule).
+    errors = sorted(
+        validator.iter_errors(document),
+        key=lambda e: (
+            bool({"then", "else"} & set(map(str, e.absolute_schema_path))),
+            list(map(str, e.absolute_path)),
+            str(e.message),
+        ),
+    )
+    if errors:
+        error = errors[0]
+        entry, field = _error_location(error)
+        where = f"model registry {file}" + (f", entry {entry}" if entry else "")
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise BcpathError(
+            f"{where}: field {field}: {error.message}{more}; "
+            f"see src/bcpath/schemas/registry.schema.yaml for what each field must hold"
+        )
+    specs: dict[str, ModelSpec] = {}
+    for model_id, entry in document["models"].items():
+        specs[model_id] = ModelSpec(
+            model_id=model_id,
+            architecture=entry["architecture"],
+            classes=tuple(entry["classes"]),
+            mpp=float(entry["mpp"]),
+            patch_px=int(entry["patch_px"]),
+            mean=(float(entry["mean"][0]), float(entry["mean"][1]), float(entry["mean"][2])),
+            std=(float(entry["std"][0]), float(entry["std"][1]), float(entry["std"][2])),
+            weights=entry["weights"],
+            sha256=entry["sha256"],
+            licence=entry["licence"],
+            training_command=entry["training_command"],
+            description=entry.get("description", ""),
+        )
+    return specs
+
+
+def preprocess(spec: ModelSpec) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """The input normalisation of a model as ``(mean, std)``.
+
+    The model expects float tensors of shape (N, 3, H, W), RGB channels in [0, 1] (uint8 / 255),
+    H = W = ``spec.patch_px`` at ``spec.mpp`` µm/px, normalised per channel as
+    ``(x - mean[c]) / std[c]`` (e.g. ``torchvision.transforms.v2.Normalize(mean, std)``).
+
+    Returns:
+        (mean, std), each an (R, G, B) tuple of floats.
+    """
+    return spec.mean, spec.std
+
+
+def _load_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """torch.load a state_dict safely (weights_only=True: no arbitrary pickled objects)."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise BcpathError(
+            f"{what}: {path} is not a loadable state_dict ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); only tensors are loaded "
+            "(torch.load weights_only=True) — save weights with bcpath.models.save_weights "
+            "or torch.save(model.state_dict(), path)"
+        ) from exc
+    # Common checkpoint wrappers: {"state_dict": ...} (Lightning) or {"model": ...}.
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BcpathError(
+            f"{what}: {path} holds a {type(state).__name__}, not a state_dict of tensors; "
+            "save weights with torch.save(model.state_dict(), path)"
+        )
+    return state
+
+
+def build_model(spec: ModelSpec, pretrained_path: str | os.PathLike[str] | None = None) -> torch.nn.Module:
+    """Build the registry entry's architecture with a ``len(spec.classes)``-way head.
+
+    Never downloads anything (``weights=None`` always). To start from a local checkpoint (an
+    ImageNet or pathology model), pass ``pretrained_path``: tensors whose names and shapes match
+    are loaded; the others (typically the classifier head, whose class count differs) are
+    skipped and logged.
+
+    Args:
+        spec: the registry entry.
+        pretrained_path: optional local state_dict file (torch.save) to initialise from.
+
+    Returns:
+        The model in eval mode on CPU. Input: (N, 3, H, W) float, see :func:`preprocess`;
+        output: (N, num_classes) logits.
+
+    Raises:
+        BcpathError: unknown architecture, unreadable checkpoint, or a checkpoint sharing no
+            tensor with the architecture.
+    """
+    import torchvision
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if spec.architecture not in available:
+        raise BcpathError(
+            f"model {spec.model_id}: unknown architecture {spec.architecture!r}; use a torchvision "
+            f"classification model name, e.g. {DEFAULT_ARCHITECTURE}, resnet50, densenet121"
+        )
+    kwargs: dict[str, Any] = {}
+    if spec.architecture == "inception_v3":
+        # No auxiliary head (the seed paper's classifier uses the main logits only) and default
+        # PyTorch init instead of the slow truncated-normal init (weights are loaded or trained).
+        kwargs.update(aux_logits=False, init_weights=False)
+    elif spec.architecture == "googlenet":
+        kwargs.update(aux_logits=False, init_weights=False)
+    model: torch.nn.Module = torchvision.models.get_model(
+        spec.architecture, weights=None, num_classes=spec.num_classes, **kwargs
+    )
+    if pretrained_path is not None:
+        checkpoint = Path(pretrained_path).expanduser()
+        what = f"model {spec.model_id}: pretrained checkpoint"
+        if not checkpoint.is_file():
+            raise BcpathError(f"{what} not found: {checkpoint}; give the path of a local file (nothing is downloaded)")
+        state = _load_state_dict(checkpoint, what)
+        own = model.state_dict()
+        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        mismatched = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
+        unexpected = sorted(k for k in state if k not in own)
+        if not usable:
+            raise BcpathError(
+                f"{what} {checkpoint} shares no tensor (name and shape) with {spec.architecture}; "
+                f"give a checkpoint of the same architecture"
+            )
+        missing = sorted(k for k in own if k not in usable)
+        model.load_state_dict(usable, strict=False)
+        logger.info(
+            "model %s: initialised %d/%d tensors from %s", spec.model_id, len(usable), len(own), checkpoint
+        )
+        if mismatched:
+            logger.info("model %s: skipped (shape differs, e.g. classifier head): %s", spec.model_id, ", ".join(mismatched))
+        if unexpected:
+            logger.info("model %s: skipped (not in %s): %s", spec.model_id, spec.architecture, ", ".join(unexpected))
+        if missing:
+            logger.info("model %s: left at initialisation: %s", spec.model_id, ", ".join(missing))
+    return model.eval()
+
+
+def weights_file(spec: ModelSpec, models_dir: str | os.PathLike[str]) -> Path:
+    """The weights file of a registry entry (``models_dir / spec.weights``).
+
+    Raises:
+        BcpathError: the entry has no weights yet (``weights: null``).
+    """
+    if spec.weights is None:
+        raise BcpathError(
+            f"model {spec.model_id}: the registry lists no weights file yet (weights: null); "
+            f"produce them with `{spec.training_command}` and record the file and its sha256 "
+            "in the registry"
+        )
+    return Path(models_dir) / spec.weights
+
+
+def load_weights(model: torch.nn.Module, spec: ModelSpec, models_dir: str | os.PathLike[str]) -> torch.nn.Module:
+    """Load a registry entry's weights into ``model`` after checking the file's sha256.
+
+    Args:
+        model: built with :func:`build_model` from the same ``spec``.
+        spec: the registry entry.
+        models_dir: the folder the entry's ``weights`` path is relative to (``models/``).
+
+    Returns:
+        ``model`` with the weights loaded (strictly: every tensor must match), in eval mode.
+
+    Raises:
+        BcpathError: no weights listed, file missing, sha256 mismatch, or a file that is not a
+            state_dict of tensors; the message names the model, the file and the fix.
+    """
+    from bcpath.wsi.reader import file_sha256
+
+    path = weights_file(spec, models_dir)
+    fix = f"re-run the training command (`{spec.training_command}`) or update weights/sha256 in the registry"
+    if not path.is_file():
+        raise BcpathError(f"model {spec.model_id}: weights file not found: {path} (expected sha256 {spec.sha256}); {fix}")
+    actual = file_sha256(path)
+    if actual != spec.sha256:
+        raise BcpathError(
+            f"model {spec.model_id}: weights file {path} has sha256 {actual}, the registry expects "
+            f"{spec.sha256}; {fix}"
+        )
+    state = _load_state_dict(path, f"model {spec.model_id}: weights file")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise BcpathError(
+            f"model {spec.model_id}: weights file {path} does not fit {spec.architecture} with "
+            f"{spec.num_classes} classes ({str(exc).splitlines()[0]}); {fix}"
+        ) from exc
+    return model.eval()
+
+
+def save_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -> str:
+    """Save ``model.state_dict()`` atomically (torch.save) and return the file's sha256.
+
+    The file loads with ``torch.load(weights_only=True)``; record the returned sha256 in the
+    registry next to the path.
+    """
+    import torch
+
+    from bcpath.io import atomic_path
+    from bcpath.wsi.reader import file_sha256
+
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+    return file_sha256(path)
