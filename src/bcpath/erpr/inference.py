@@ -1,0 +1,368 @@
+"""Stage 1 of ER/PR/HER2 (Gamble et al. 2021): batched patch inference over a slide's tiles.zarr.
+
+The engine never knows which architecture it runs: it takes any ``torch.nn.Module`` that maps
+(N, 3, P, P) normalised float inputs to (N, n_classes) logits, plus the registry entry
+(:class:`bcpath.models.registry.ModelSpec`) that says P, the µm/px and the normalisation.
+
+Patch positions (analysis pixels of tiles.zarr, ``s`` = stride, ``P`` = patch side): patch ``j``
+along an axis has its top-left corner at ``j·s + (s − P) // 2``, so its centre is the centre of
+the heatmap cell ``[j·s, (j+1)·s)``. A position is used when its patch centre falls in a tile
+listed in grid.parquet. With ``s == P == tile_px`` this is exactly one patch per grid tile, at
+the tile's own corner; with ``s < P`` patches overlap (and may reach past the image edge by up
+to ``(P − s) / 2`` px, read as white background, like the unwritten chunks of tiles.zarr).
+
+Output (``predictions/{model}.parquet``), one row per patch, sorted by (y, x):
+
+    patch_id   int64   0..N-1 in row order
+    x, y       int64   top-left corner in tiles.zarr (analysis) px; may be slightly negative
+                       at the image edge when stride < patch
+    x0, y0     int64   top-left corner in level-0 slide px (OpenSlide coordinates):
+                       round(origin + x · level0_px_per_px)
+    p_0..p_K-1 float32 softmax probabilities, one column per class in registry order (for the
+                       demo ER/PR/HER2 models: p_0 = biomarker-positive invasive carcinoma,
+                       p_1 = biomarker-negative invasive carcinoma, p_2 = non-tumor)
+
+Class columns are named by index rather than by a slug of the class name so that stage 2 reads
+the same columns for every biomarker; the class names, model id, µm/px, patch and stride travel
+with the file as parquet schema metadata (key ``bcpath``, JSON), restored into ``df.attrs`` by
+:func:`read_predictions`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bcpath.errors import BcpathError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+    from bcpath.models.registry import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+PROBABILITY_PREFIX = "p_"
+COORDINATE_COLUMNS = ("patch_id", "x", "y", "x0", "y0")
+METADATA_KEY = b"bcpath"
+
+
+def probability_columns(n_classes: int) -> list[str]:
+    """Names of the class-probability columns: ``["p_0", ..., "p_{n-1}"]`` (registry order)."""
+    return [f"{PROBABILITY_PREFIX}{index}" for index in range(n_classes)]
+
+
+def _probability_columns_of(columns: Any) -> list[str]:
+    """The ``p_<int>`` columns of a table, in class order."""
+    found = [c for c in columns if isinstance(c, str) and c.startswith(PROBABILITY_PREFIX) and c[2:].isdigit()]
+    return sorted(found, key=lambda c: int(c[2:]))
+
+
+def granted_threads() -> int:
+    """CPU cores this process may use (affinity mask, as set by Snakemake/SLURM), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def patch_origins(
+    grid_rows: np.ndarray,
+    grid_cols: np.ndarray,
+    tile_px: int,
+    image_shape: tuple[int, int],
+    patch_px: int,
+    stride_px: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left corners (x, y) in analysis px of the patches covering the selected tiles.
+
+    Args:
+        grid_rows, grid_cols: (N,) tile indices of the selected (tissue) tiles.
+        tile_px: tile edge in px.
+        image_shape: (H, W) of the tiles.zarr image in px.
+        patch_px: patch side P in px.
+        stride_px: stride s in px (0 < s).
+
+    Returns:
+        (x, y), each (M,) int64, sorted by (y, x). Patch j along an axis starts at
+        ``j·s + (s − P) // 2``; kept when its centre lies in a selected tile.
+    """
+    if stride_px <= 0 or patch_px <= 0:
+        raise ValueError(f"patch_px and stride_px must be positive, got {patch_px} and {stride_px}")
+    height, width = image_shape
+    offset = (stride_px - patch_px) // 2
+    selected = np.zeros((max(1, math.ceil(height / tile_px)), max(1, math.ceil(width / tile_px))), dtype=bool)
+    if len(grid_rows):
+        selected[np.asarray(grid_rows, dtype=np.int64), np.asarray(grid_cols, dtype=np.int64)] = True
+    n_y, n_x = math.ceil(height / stride_px), math.ceil(width / stride_px)
+    xs = np.arange(n_x, dtype=np.int64) * stride_px + offset
+    ys = np.arange(n_y, dtype=np.int64) * stride_px + offset
+    # Patch centre (floor) → tile index; centres stay inside the image (j·s + s/2 < ceil(W/s)·s).
+    col_of = np.clip((xs + patch_px // 2) // tile_px, 0, selected.shape[1] - 1)
+    row_of = np.clip((ys + patch_px // 2) // tile_px, 0, selected.shape[0] - 1)
+    inside_x = (xs + patch_px // 2) < width
+    inside_y = (ys + patch_px // 2) < height
+    keep = selected[row_of[:, None], col_of[None, :]] & inside_y[:, None] & inside_x[None, :]
+    iy, ix = np.nonzero(keep)  # row-major: sorted by y, then x
+    return xs[ix], ys[iy]
+
+
+class PatchDataset:
+    """Patches of a tiles.zarr image as a torch map-style dataset of uint8 tensors.
+
+    ``dataset[i]`` is ``(patch, i)``: patch a (3, P, P) uint8 RGB tensor at the analysis µm/px
+    (normalisation happens on the device, so DataLoader workers ship uint8), i the row index.
+    Positions are :func:`patch_origins` of the grid tiles, sorted by (y, x); parts of a patch
+    outside the image read as white (255), the background value of tiles.zarr.
+
+    The dataset pickles without the Zarr array: each DataLoader worker opens tiles.zarr on its
+    first ``__getitem__``.
+
+    Attributes:
+        x, y: (N,) int64 top-left corners in analysis px.
+        attrs: the ``bcpath`` block of tiles.zarr's attributes (origin_x0, origin_y0,
+            level0_px_per_px, mpp, tile_px, ...).
+        image_shape: (H, W) of the tiles.zarr image.
+    """
+
+    def __init__(
+        self,
+        tiles_zarr: str | os.PathLike[str],
+        grid_parquet: str | os.PathLike[str],
+        patch_px: int,
+        stride_px: int | None = None,
+    ) -> None:
+        import pandas as pd
+        import zarr
+
+        from bcpath.tiling import open_tiles
+
+        self.tiles_zarr = str(tiles_zarr)
+        self.patch_px = int(patch_px)
+        self.stride_px = int(stride_px if stride_px is not None else patch_px)
+        group = zarr.open_group(self.tiles_zarr, mode="r")
+        meta: Any = group.attrs.get("bcpath", {})
+        self.attrs: dict[str, Any] = dict(meta) if isinstance(meta, dict) else {}
+        if not self.attrs:
+            raise BcpathError(f"{tiles_zarr}: no 'bcpath' attributes; make it with bcpath.tiling.tile_slide")
+        array = open_tiles(self.tiles_zarr)
+        self.image_shape: tuple[int, int] = (int(array.shape[1]), int(array.shape[2]))
+        grid = pd.read_parquet(grid_parquet, columns=["row", "col"])
+        self.x, self.y = patch_origins(
+            grid["row"].to_numpy(), grid["col"].to_numpy(), int(self.attrs["tile_px"]),
+            self.image_shape, self.patch_px, self.stride_px,
+        )
+        self._array: Any = None
+
+    def __len__(self) -> int:
+        return int(len(self.x))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_array"] = None  # reopened lazily in each worker
+        return state
+
+    def read_patch(self, x: int, y: int) -> np.ndarray:
+        """(3, P, P) uint8 patch with top-left (x, y); outside the image is white."""
+        if self._array is None:
+            from bcpath.tiling import open_tiles
+
+            self._array = open_tiles(self.tiles_zarr)
+        size = self.patch_px
+        height, width = self.image_shape
+        top, left = max(y, 0), max(x, 0)
+        bottom, right = min(y + size, height), min(x + size, width)
+        if (top, left, bottom, right) == (y, x, y + size, x + size):
+            return np.asarray(self._array[:, top:bottom, left:right])
+        patch = np.full((3, size, size), 255, dtype=np.uint8)
+        if bottom > top and right > left:
+            patch[:, top - y : bottom - y, left - x : right - x] = self._array[:, top:bottom, left:right]
+        return patch
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        import torch
+
+        patch = self.read_patch(int(self.x[index]), int(self.y[index]))
+        return torch.from_numpy(np.ascontiguousarray(patch)), int(index)
+
+    def level0(self) -> tuple[np.ndarray, np.ndarray]:
+        """(x0, y0) level-0 px of every patch's top-left corner, (N,) int64 each."""
+        scale = float(self.attrs["level0_px_per_px"])
+        x0 = np.round(float(self.attrs["origin_x0"]) + self.x * scale).astype(np.int64)
+        y0 = np.round(float(self.attrs["origin_y0"]) + self.y * scale).astype(np.int64)
+        return x0, y0
+
+
+def _autocast_dtype(torch: Any) -> Any:
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def predict_slide(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    tiles_zarr: str | os.PathLike[str],
+    grid_parquet: str | os.PathLike[str],
+    stride_px: int | None = None,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+) -> pd.DataFrame:
+    """Class probabilities for every patch of a slide's tissue tiles.
+
+    Args:
+        model: (N, 3, P, P) normalised float → (N, n_classes) logits, e.g.
+            :func:`bcpath.models.registry.build_model` + ``load_weights``.
+        spec: the model's registry entry (patch_px P, mpp, mean/std, classes).
+        tiles_zarr: the slide's tiles.zarr (must be at ``spec.mpp`` µm/px).
+        grid_parquet: the slide's grid.parquet.
+        stride_px: patch stride in analysis px; None = ``spec.patch_px`` (no overlap).
+        batch_size: patches per forward pass.
+        num_workers: DataLoader worker processes; None = 0 on CPU (the cores go to the model)
+            and ``min(8, threads − 1)`` on CUDA.
+        device: "cpu", "cuda", a torch.device; None = CUDA when available, else CPU.
+        progress: show a tqdm bar (to stderr, i.e. the rule's log; updates at most every 30 s).
+        threads: cores granted to the job; None = the process's CPU affinity. On CPU,
+            ``torch.set_num_threads(threads)`` for the duration of the call.
+
+    Returns:
+        One row per patch, sorted by (y, x): patch_id, x, y, x0, y0 (int64) and ``p_0..``
+        (float32 softmax, registry class order); see the module docstring. ``df.attrs["bcpath"]``
+        holds model_id, classes, mpp, patch_px, stride_px and the slide's origin.
+
+    Raises:
+        BcpathError: tiles.zarr is at another µm/px than the model expects, or the model's
+            output width is not the number of classes.
+    """
+    import pandas as pd
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    stride = int(stride_px if stride_px is not None else spec.patch_px)
+    dataset = PatchDataset(tiles_zarr, grid_parquet, spec.patch_px, stride)
+    tiles_mpp = float(dataset.attrs["mpp"])
+    if not math.isclose(tiles_mpp, spec.mpp, rel_tol=1e-3):
+        raise BcpathError(
+            f"model {spec.model_id} expects {spec.mpp} µm/px but {tiles_zarr} is at {tiles_mpp} µm/px; "
+            f"tile the slide at the model's resolution (tiling mpp: {spec.mpp})"
+        )
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    on_cuda = dev.type == "cuda"
+    n_threads = threads if threads is not None else granted_threads()
+    workers = num_workers if num_workers is not None else (min(8, max(0, n_threads - 1)) if on_cuda else 0)
+    columns = probability_columns(spec.num_classes)
+    metadata = {
+        "model_id": spec.model_id,
+        "classes": list(spec.classes),
+        "mpp": spec.mpp,
+        "patch_px": spec.patch_px,
+        "stride_px": stride,
+        "origin_x0": dataset.attrs["origin_x0"],
+        "origin_y0": dataset.attrs["origin_y0"],
+        "level0_px_per_px": dataset.attrs["level0_px_per_px"],
+        "image_shape": list(dataset.image_shape),
+    }
+    probabilities = np.zeros((len(dataset), spec.num_classes), dtype=np.float32)
+    logger.info(
+        "model %s: %d patches of %d px (stride %d) from %s on %s, batch %d, %d workers",
+        spec.model_id, len(dataset), spec.patch_px, stride, tiles_zarr, dev, batch_size, workers,
+    )
+
+    if len(dataset):
+        previous_threads = torch.get_num_threads()
+        if not on_cuda:
+            torch.set_num_threads(max(1, n_threads))
+        try:
+            model = model.eval().to(dev)
+            if on_cuda:
+                model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            mean = torch.tensor(spec.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+            std = torch.tensor(spec.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+            loader: DataLoader[tuple[torch.Tensor, int]] = DataLoader(
+                dataset,  # type: ignore[arg-type]
+                batch_size=batch_size,
+                shuffle=False,
+                num_workers=workers,
+                pin_memory=on_cuda,
+                persistent_workers=False,
+                prefetch_factor=4 if workers > 0 else None,
+            )
+            bar = tqdm(total=len(dataset), desc=f"{spec.model_id}", unit="patch", disable=not progress, mininterval=30)
+            with torch.inference_mode():
+                for batch, index in loader:
+                    inputs = batch.to(dev, non_blocking=on_cuda).float().div_(255.0).sub_(mean).div_(std)
+                    if on_cuda:
+                        inputs = inputs.contiguous(memory_format=torch.channels_last)
+                        with torch.autocast("cuda", dtype=_autocast_dtype(torch)):
+                            output = model(inputs)
+                    else:
+                        output = model(inputs)
+                    logits = getattr(output, "logits", output)  # InceptionOutputs in train mode
+                    if logits.shape[1] != spec.num_classes:
+                        raise BcpathError(
+                            f"model {spec.model_id}: {logits.shape[1]} outputs but the registry lists "
+                            f"{spec.num_classes} classes; build the model with build_model(spec)"
+                        )
+                    probabilities[index.numpy()] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+                    bar.update(len(index))
+            bar.close()
+        finally:
+            if not on_cuda:
+                torch.set_num_threads(previous_threads)
+
+    x0, y0 = dataset.level0()
+    table = pd.DataFrame(
+        {
+            "patch_id": np.arange(len(dataset), dtype=np.int64),
+            "x": dataset.x.astype(np.int64),
+            "y": dataset.y.astype(np.int64),
+            "x0": x0,
+            "y0": y0,
+            **{name: probabilities[:, k] for k, name in enumerate(columns)},
+        },
+        columns=[*COORDINATE_COLUMNS, *columns],
+    )
+    table.attrs["bcpath"] = metadata
+    return table
+
+
+def write_predictions(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
+    """Write a predictions table as parquet, atomically; ``df.attrs["bcpath"]`` goes to the
+    schema metadata (key ``bcpath``, JSON) so class names travel with the file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bcpath.io import atomic_path
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[METADATA_KEY] = json.dumps(df.attrs.get("bcpath", {}), default=_json_default).encode()
+    table = table.replace_schema_metadata(meta)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_predictions(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read ``predictions/{model}.parquet``; ``df.attrs["bcpath"]`` gets the stored metadata."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(Path(path))
+    df = table.to_pandas()
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    df.attrs["bcpath"] = json.loads(raw) if raw else {}
+    return df
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
