@@ -114,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = __import__(module_name, fromlist=[function_name])
             registrar = getattr(module, function_name, None)
-        except ImportError:
+        except ModuleNotFoundError as error:
+            # A stage that has not landed yet is skipped; a broken import inside one is not.
+            if error.name is None or not module_name.startswith(error.name):
+                raise
             registrar = None
         if registrar is not None:
             registrar(sub)
