@@ -1,0 +1,167 @@
+"""Readers for the annotated nuclei sets in ``../shared/data/nuclei`` (see its README).
+
+- MoNuSeg 2018 (Kumar et al. 2017/2020): ``images/*.tif`` (1000×1000 H&E, 40×) and
+  ``annotations/*.xml`` (Aperio XML, one polygon per nucleus:
+  ``Annotations/Annotation/Regions/Region/Vertices/Vertex X Y``; ``MicronsPerPixel`` on the root).
+- CPM-15 (Vu et al. 2019): ``images/imageXX.png`` and ``inst_masks/imageXX_inst.tif`` (uint16
+  instance labels, 0 = background). Magnification per image from the challenge README:
+  image01-07 at 20× (0.5 µm/px), image08-15 at 40× (0.25 µm/px).
+
+Every reader returns ``(rgb uint8 (H, W, 3), instances int32 (H, W))``.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+from numpy.typing import NDArray
+
+__all__ = [
+    "NucleiSample",
+    "list_cpm15",
+    "list_monuseg",
+    "load_sample",
+    "monuseg_polygons",
+    "rasterise_polygons",
+    "read_cpm15",
+    "read_monuseg",
+]
+
+MONUSEG_DEFAULT_MPP = 0.25
+# CPM-15 README_training.txt: image01-07 at 20x, image08-15 at 40x.
+CPM15_40X = frozenset(f"image{i:02d}" for i in range(8, 16))
+
+
+@dataclass(frozen=True)
+class NucleiSample:
+    """One annotated image: where its pixels and its labels are, and its µm/px."""
+
+    dataset: str  # "monuseg" or "cpm15"
+    name: str
+    image: Path
+    annotation: Path
+    mpp: float
+
+    def load(self) -> tuple[NDArray[np.uint8], NDArray[np.int32]]:
+        return load_sample(self)
+
+
+def _to_rgb(image: NDArray[np.generic], path: Path) -> NDArray[np.uint8]:
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"{path}: expected an RGB(A) image, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{path}: expected 8-bit pixels, got {image.dtype}")
+    return np.ascontiguousarray(image[..., :3])
+
+
+def read_rgb(path: str | Path) -> NDArray[np.uint8]:
+    """Read an 8-bit RGB image (TIFF via tifffile, anything else via OpenCV); alpha dropped."""
+    path = Path(path)
+    if path.suffix.lower() in {".tif", ".tiff"}:
+        return _to_rgb(tifffile.imread(path), path)
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise OSError(f"cannot read image {path}")
+    return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+
+def monuseg_polygons(xml: str | Path) -> tuple[list[NDArray[np.float64]], float | None]:
+    """Polygons (each (n, 2) x, y in pixels) and ``MicronsPerPixel`` (None if absent)."""
+    root = ET.parse(xml).getroot()
+    polygons: list[NDArray[np.float64]] = []
+    for region in root.iter("Region"):
+        vertices = region.findall("./Vertices/Vertex")
+        if not vertices:
+            continue
+        pts = np.array([[float(v.get("X", "nan")), float(v.get("Y", "nan"))] for v in vertices])
+        if np.isfinite(pts).all():
+            polygons.append(pts)
+    mpp_text = root.get("MicronsPerPixel")
+    mpp = float(mpp_text) if mpp_text else None
+    return polygons, (mpp if mpp and mpp > 0 else None)
+
+
+def _monuseg_mpp(xml: Path) -> float | None:
+    """``MicronsPerPixel`` of the root element, read without parsing the whole file."""
+    for _, element in ET.iterparse(xml, events=("start",)):
+        text = element.get("MicronsPerPixel")
+        value = float(text) if text else 0.0
+        return value if value > 0 else None
+    return None
+
+
+def rasterise_polygons(
+    polygons: list[NDArray[np.float64]], shape: tuple[int, int]
+) -> NDArray[np.int32]:
+    """Instance labels 1..n in polygon order (cv2.fillPoly, vertices rounded to pixel centres).
+
+    Where polygons overlap, the later polygon wins. Polygons that end up with no pixel (fully
+    outside the image or covered by later ones) leave a gap in the label sequence.
+    """
+    labels = np.zeros(shape, dtype=np.int32)
+    for index, pts in enumerate(polygons, start=1):
+        contour = np.round(pts).astype(np.int32).reshape(-1, 1, 2)
+        cv2.fillPoly(labels, [contour], color=(index,))
+    return labels
+
+
+def read_monuseg(image: str | Path, xml: str | Path) -> tuple[NDArray[np.uint8], NDArray[np.int32]]:
+    """MoNuSeg image and its nuclei rasterised from the Aperio XML polygons."""
+    rgb = read_rgb(image)
+    polygons, _ = monuseg_polygons(xml)
+    return rgb, rasterise_polygons(polygons, (rgb.shape[0], rgb.shape[1]))
+
+
+def read_cpm15(image: str | Path, mask: str | Path) -> tuple[NDArray[np.uint8], NDArray[np.int32]]:
+    """CPM-15 image and its instance mask."""
+    rgb = read_rgb(image)
+    labels = np.asarray(tifffile.imread(mask))
+    if labels.shape != rgb.shape[:2]:
+        raise ValueError(f"{mask}: mask shape {labels.shape} != image shape {rgb.shape[:2]}")
+    return rgb, labels.astype(np.int32)
+
+
+def list_monuseg(root: str | Path) -> list[NucleiSample]:
+    """Samples under a MoNuSeg folder (``images/*.tif`` + ``annotations/*.xml``), by name."""
+    root = Path(root)
+    samples = []
+    for image in sorted((root / "images").glob("*.tif")):
+        xml = root / "annotations" / f"{image.stem}.xml"
+        if not xml.exists():
+            raise FileNotFoundError(f"{image}: no annotation {xml}")
+        mpp = _monuseg_mpp(xml) or MONUSEG_DEFAULT_MPP
+        samples.append(NucleiSample("monuseg", image.stem, image, xml, mpp))
+    if not samples:
+        raise FileNotFoundError(f"no MoNuSeg images under {root / 'images'}")
+    return samples
+
+
+def list_cpm15(root: str | Path) -> list[NucleiSample]:
+    """Samples under a CPM-15 folder (``images/*.png`` + ``inst_masks/*_inst.tif``), by name."""
+    root = Path(root)
+    samples = []
+    for image in sorted((root / "images").glob("*.png")):
+        mask = root / "inst_masks" / f"{image.stem}_inst.tif"
+        if not mask.exists():
+            raise FileNotFoundError(f"{image}: no instance mask {mask}")
+        mpp = 0.25 if image.stem in CPM15_40X else 0.5
+        samples.append(NucleiSample("cpm15", image.stem, image, mask, mpp))
+    if not samples:
+        raise FileNotFoundError(f"no CPM-15 images under {root / 'images'}")
+    return samples
+
+
+def load_sample(sample: NucleiSample) -> tuple[NDArray[np.uint8], NDArray[np.int32]]:
+    """Read a listed sample with the reader of its dataset."""
+    if sample.dataset == "monuseg":
+        return read_monuseg(sample.image, sample.annotation)
+    if sample.dataset == "cpm15":
+        return read_cpm15(sample.image, sample.annotation)
+    raise ValueError(f"unknown nuclei dataset {sample.dataset!r}")

@@ -1,0 +1,72 @@
+"""Classical nuclei baseline (hematoxylin -> Otsu -> distance-transform watershed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bcpath.nuclei.classical import (
+    foreground_mask,
+    segment_connected_components,
+    segment_watershed,
+)
+from bcpath.nuclei.datasets import list_cpm15, list_monuseg
+from bcpath.nuclei.metrics import evaluate
+
+HEMATOXYLIN_RGB = (70, 50, 140)  # dark purple
+
+
+def _touching_discs(mpp: float) -> np.ndarray:
+    """Two 4 µm-radius nuclei, centres 6.5 µm apart (touching), plus one apart, on pink-white."""
+    size = int(round(40 / mpp))
+    yy, xx = (np.mgrid[0:size, 0:size] + 0.5) * mpp  # µm
+    rgb = np.empty((size, size, 3), dtype=np.uint8)
+    rgb[:] = (235, 210, 225)
+    for cy, cx in ((12.0, 12.0), (12.0, 18.5), (30.0, 28.0)):
+        rgb[(yy - cy) ** 2 + (xx - cx) ** 2 <= 4.0**2] = HEMATOXYLIN_RGB
+    return rgb
+
+
+@pytest.mark.parametrize("mpp", [0.25, 0.5])
+def test_watershed_splits_touching_nuclei_at_any_resolution(mpp):
+    rgb = _touching_discs(mpp)
+    labels = segment_watershed(rgb, mpp)
+    assert labels.dtype == np.int32 and labels.shape == rgb.shape[:2]
+    assert labels.max() == 3 and np.unique(labels).size == 4
+    assert segment_connected_components(rgb, mpp).max() == 2
+    areas_um2 = np.bincount(labels.ravel())[1:] * mpp**2
+    assert np.all(np.abs(areas_um2 - np.pi * 16) < 0.3 * np.pi * 16)
+
+
+def test_blank_image_and_bad_mpp():
+    blank = np.full((64, 64, 3), 240, dtype=np.uint8)
+    assert segment_watershed(blank, 0.5).max() == 0
+    assert not foreground_mask(blank, 0.5).any()
+    with pytest.raises(ValueError, match="mpp"):
+        segment_watershed(_touching_discs(0.5), 0.0)
+
+
+# Measured with these defaults (see the docstring of bcpath.nuclei.classical):
+# name -> (watershed AJI, connected-components AJI).
+REAL_CASES = {
+    ("monuseg", "TCGA-21-5784-01Z-00-DX1"): (0.398, 0.344),
+    ("monuseg", "TCGA-2Z-A9J9-01A-01-TS1"): (0.316, 0.109),
+    ("cpm15", "image09"): (0.526, 0.415),
+    ("cpm15", "image15"): (0.617, 0.515),
+}
+
+
+@pytest.mark.parametrize(("dataset", "name"), list(REAL_CASES))
+def test_real_images_watershed_beats_connected_components(require_shared, dataset, name):
+    if dataset == "monuseg":
+        samples = list_monuseg(require_shared("nuclei/monuseg_nonbreast"))
+    else:
+        samples = list_cpm15(require_shared("nuclei/cpm15"))
+    sample = next(s for s in samples if s.name == name)
+    rgb, gt = sample.load()
+    ws = evaluate(gt, segment_watershed(rgb, sample.mpp))
+    cc = evaluate(gt, segment_connected_components(rgb, sample.mpp))
+    aji_ws, aji_cc = REAL_CASES[(dataset, name)]
+    assert ws["aji"] > aji_ws - 0.05, ws
+    assert ws["aji"] > cc["aji"] + 0.03, (ws["aji"], cc["aji"])
+    assert ws["map"] > 0.08 and ws["f1_50"] > 0.4 and ws["dice"] > 0.65, ws

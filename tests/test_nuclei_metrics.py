@@ -1,0 +1,219 @@
+"""Nuclei metrics (AJI, AJI+, mAP@[.5:.95], object F1, pixel Dice) on hand-made and random labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from bcpath.nuclei.metrics import (
+    MAP_THRESHOLDS,
+    aji,
+    aji_plus,
+    evaluate,
+    mean_average_precision,
+    object_scores,
+    overlap,
+    pixel_dice,
+)
+
+
+def _hand_pair() -> tuple[np.ndarray, np.ndarray]:
+    gt = np.zeros((6, 8), dtype=np.int32)
+    gt[0:2, 0:2] = 1  # A, 4 px
+    gt[0:2, 5:7] = 2  # B, 4 px, missed
+    pred = np.zeros((6, 8), dtype=np.int32)
+    pred[0:2, 0:3] = 7  # 6 px, IoU with A = 4/6
+    pred[4:6, 5:7] = 3  # 4 px, false positive
+    return gt, pred
+
+
+def test_hand_computed_values():
+    gt, pred = _hand_pair()
+    # C = 4 (A∩7); U = 6 (A∪7) + 4 (B, unpaired) + 4 (3, never used) = 14.
+    assert aji(gt, pred) == pytest.approx(4 / 14)
+    assert aji_plus(gt, pred) == pytest.approx(4 / 14)
+    # IoU 2/3 > t for t = .50, .55, .60, .65: TP 1, FP 1, FN 1 -> 1/3; 0 for the 6 others.
+    assert mean_average_precision(gt, pred) == pytest.approx(4 * (1 / 3) / 10)
+    scores = object_scores(gt, pred)
+    assert (scores["tp"], scores["fp"], scores["fn"]) == (1, 1, 1)
+    assert scores["f1"] == pytest.approx(0.5)
+    assert scores["precision"] == pytest.approx(0.5) and scores["recall"] == pytest.approx(0.5)
+    assert object_scores(gt, pred, iou_threshold=0.7)["f1"] == 0.0
+    assert pixel_dice(gt, pred) == pytest.approx(2 * 4 / (8 + 10))
+
+
+def test_merged_prediction_aji_versus_aji_plus():
+    gt = np.zeros((4, 4), dtype=np.int32)
+    gt[0:2, 0:2] = 1
+    gt[0:2, 2:4] = 2
+    pred = (gt > 0).astype(np.int32)  # one prediction covers both nuclei
+    # AJI: both GT pair with the same prediction: C = 4 + 4, U = 8 + 8.
+    assert aji(gt, pred) == pytest.approx(0.5)
+    # AJI+: one-to-one: C = 4, U = 8 (both GT) + 8 (pred) - 4.
+    assert aji_plus(gt, pred) == pytest.approx(4 / 12)
+    # IoU exactly 0.5 is not a match (IoU > t).
+    assert object_scores(gt, pred)["tp"] == 0
+    assert mean_average_precision(gt, pred) == 0.0
+    assert pixel_dice(gt, pred) == 1.0
+
+
+def test_perfect_and_empty():
+    gt, _ = _hand_pair()
+    for fn in (aji, aji_plus, mean_average_precision, pixel_dice):
+        assert fn(gt, gt) == 1.0
+        assert fn(gt, np.zeros_like(gt)) == 0.0
+        assert fn(np.zeros_like(gt), gt) == 0.0
+        assert fn(np.zeros_like(gt), np.zeros_like(gt)) == 1.0
+    assert object_scores(gt, gt)["f1"] == 1.0
+    assert object_scores(gt, np.zeros_like(gt))["f1"] == 0.0
+    result = evaluate(gt, gt)
+    assert all(result[k] == 1.0 for k in ("aji", "aji_plus", "map", "dice", "f1_50", "f1_70"))
+
+
+def test_input_validation():
+    with pytest.raises(ValueError, match="shapes differ"):
+        aji(np.zeros((3, 3), int), np.zeros((3, 4), int))
+    with pytest.raises(TypeError):
+        aji(np.zeros((3, 3), float), np.zeros((3, 3), int))
+    with pytest.raises(ValueError, match="non-negative"):
+        aji(-np.ones((3, 3), int), np.zeros((3, 3), int))
+
+
+# --- random instance images and a slow, literal reference -------------------------------------
+
+
+def _random_instances(rng: np.random.Generator, shape=(96, 96), n=25) -> np.ndarray:
+    """Touching and separate blobs: Voronoi cells cut by discs of random radius."""
+    seeds = np.zeros(shape, dtype=bool)
+    seeds[rng.integers(0, shape[0], n), rng.integers(0, shape[1], n)] = True
+    markers, _ = ndi.label(seeds)
+    _, (iy, ix) = ndi.distance_transform_edt(markers == 0, return_indices=True)
+    cells = markers[iy, ix]
+    dist = ndi.distance_transform_edt(markers == 0)
+    radius = rng.uniform(3, 9, size=cells.max() + 1)
+    return np.where(dist < radius[cells], cells, 0).astype(np.int32)
+
+
+def _perturb(rng: np.random.Generator, gt: np.ndarray) -> np.ndarray:
+    pred = np.roll(gt, shift=tuple(rng.integers(-2, 3, size=2)), axis=(0, 1))
+    labels = np.unique(pred[pred > 0])
+    mapping = np.zeros(int(pred.max()) + 1, dtype=np.int64)
+    mapping[labels] = rng.permutation(labels.size) + 1
+    merge = rng.choice(labels, size=labels.size // 6, replace=False)
+    pred = mapping[pred]
+    if merge.size:
+        pred[np.isin(pred, mapping[merge])] = 1  # merge a few objects into label 1
+    drop = rng.choice(np.unique(pred[pred > 0]), size=2, replace=False)
+    pred[np.isin(pred, drop)] = 0
+    extra = _random_instances(rng, gt.shape, n=5)
+    pred = np.where((pred == 0) & (extra > 0), extra + 1000, pred)
+    return pred.astype(np.int32)
+
+
+def _reference(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    g_ids = [int(v) for v in np.unique(gt) if v]
+    p_ids = [int(v) for v in np.unique(pred) if v]
+    iou = np.zeros((len(g_ids), len(p_ids)))
+    inter = np.zeros_like(iou)
+    union = np.zeros_like(iou)
+    for i, g in enumerate(g_ids):
+        gm = gt == g
+        for j, p in enumerate(p_ids):
+            pm = pred == p
+            inter[i, j] = np.logical_and(gm, pm).sum()
+            union[i, j] = np.logical_or(gm, pm).sum()
+            iou[i, j] = inter[i, j] / union[i, j]
+    # Kumar et al. 2017, Algorithm 1, literally.
+    c = u = 0.0
+    used: set[int] = set()
+    for i, g in enumerate(g_ids):
+        if len(p_ids) == 0 or iou[i].max() == 0:
+            u += (gt == g).sum()
+            continue
+        j = int(np.argmax(iou[i]))
+        c += inter[i, j]
+        u += union[i, j]
+        used.add(j)
+    for j, p in enumerate(p_ids):
+        if j not in used:
+            u += (pred == p).sum()
+    ap = []
+    for t in MAP_THRESHOLDS:
+        tp = 0
+        for i in range(len(g_ids)):
+            tp += int(np.count_nonzero(iou[i] > t) > 0)  # unique partner above 0.5
+        ap.append(tp / (len(g_ids) + len(p_ids) - tp))
+    tp50 = sum(int(np.any(iou[i] > 0.5)) for i in range(len(g_ids)))
+    return {
+        "aji": c / u,
+        "map": float(np.mean(ap)),
+        "f1_50": 2 * tp50 / (len(g_ids) + len(p_ids)),
+    }
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_agrees_with_slow_reference(seed):
+    rng = np.random.default_rng(seed)
+    gt = _random_instances(rng)
+    pred = _perturb(rng, gt)
+    fast = evaluate(gt, pred)
+    ref = _reference(gt, pred)
+    for key in ("aji", "map", "f1_50"):
+        assert fast[key] == pytest.approx(ref[key], abs=1e-12), key
+    assert 0.0 < fast["aji"] < 1.0 and 0.0 < fast["map"] < 1.0
+    assert 0.0 < fast["aji_plus"] < 1.0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_label_permutation_invariance(seed):
+    rng = np.random.default_rng(100 + seed)
+    gt = _random_instances(rng)
+    pred = _perturb(rng, gt)
+    base = evaluate(gt, pred)
+
+    def relabel(img: np.ndarray) -> np.ndarray:
+        ids = np.unique(img[img > 0])
+        lut = np.zeros(int(img.max()) + 1, dtype=np.int64)
+        lut[ids] = rng.choice(np.arange(1, 10 * ids.size + 50_000), ids.size, replace=False)
+        return lut[img]
+
+    for g2, p2 in ((relabel(gt), pred), (gt, relabel(pred)), (relabel(gt), relabel(pred))):
+        other = evaluate(g2, p2)
+        for key, value in base.items():
+            assert other[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_sparse_path_matches_dense(monkeypatch):
+    import bcpath.nuclei.metrics as metrics
+
+    rng = np.random.default_rng(7)
+    gt = _random_instances(rng)
+    pred = _perturb(rng, gt)
+    dense = evaluate(gt, pred)
+    monkeypatch.setattr(metrics, "_DENSE_LIMIT", 0)
+    assert evaluate(gt, pred) == pytest.approx(dense)
+    ov = overlap(gt, pred)
+    assert ov.iou_matrix().shape == (ov.n_gt, ov.n_pred)
+
+
+def test_aji_plus_against_brute_force_small():
+    from itertools import permutations
+
+    rng = np.random.default_rng(3)
+    gt = _random_instances(rng, shape=(40, 40), n=5)
+    pred = _random_instances(rng, shape=(40, 40), n=5)
+    ov = overlap(gt, pred)
+    inter = np.zeros((ov.n_gt, ov.n_pred))
+    inter[ov.pair_gt, ov.pair_pred] = ov.pair_inter
+    iou = ov.iou_matrix()
+    # One-to-one assignment maximising summed IoU (brute force; n_gt <= n_pred here or swap).
+    n = max(ov.n_gt, ov.n_pred)
+    iou_sq = np.zeros((n, n))
+    iou_sq[: ov.n_gt, : ov.n_pred] = iou
+    inter_sq = np.zeros((n, n))
+    inter_sq[: ov.n_gt, : ov.n_pred] = inter
+    best = max(permutations(range(n)), key=lambda p: iou_sq[np.arange(n), list(p)].sum())
+    c = inter_sq[np.arange(n), list(best)].sum()
+    u = ov.gt_area.sum() + ov.pred_area.sum() - c
+    assert aji_plus(gt, pred) == pytest.approx(c / u)
