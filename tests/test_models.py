@@ -212,3 +212,15 @@ def test_inception_v3_has_a_three_class_head() -> None:
     with torch.no_grad():
         logits = model(torch.rand(1, 3, 299, 299))
     assert logits.shape == (1, 3)
+
+
+def test_identical_weights_give_identical_files(tmp_path) -> None:
+    import torch
+
+    from bcpath.models import save_weights
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    first = save_weights(model, tmp_path / "a" / "weights.pt")
+    second = save_weights(model, tmp_path / "b" / "other_name.pt")
+    assert first == second

@@ -4,4 +4,5 @@
 - :mod:`bcpath.erpr.heatmaps`: patch-probability heatmaps.
 - :mod:`bcpath.erpr.stage2`: stage 2, slide-level features from patch predictions and the
   logistic regression that turns them into a slide's probability of being biomarker-positive.
+- :mod:`bcpath.erpr.training`: stage 1 training on patches drawn by :mod:`bcpath.erpr.sampling`.
 """

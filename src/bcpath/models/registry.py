@@ -319,6 +319,8 @@ def save_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -> str:
     from bcpath.io import atomic_path
     from bcpath.wsi.reader import file_sha256
 
-    with atomic_path(path) as tmp:
-        torch.save(model.state_dict(), tmp)
+    # Through an open handle: given a path, torch.save names the archive's records after
+    # the (random) temporary file name, so identical weights would hash differently.
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(model.state_dict(), handle)
     return file_sha256(path)
