@@ -164,6 +164,32 @@ def tile_runs(grid: TileGrid, max_run_tiles: int) -> Iterator[tuple[int, int, in
             start = index
 
 
+def ngff_multiscales(name: str, pixel_um: float, translation_um: list[float], kind: str, description: str) -> list[dict[str, Any]]:
+    """OME-NGFF 0.4 ``multiscales`` for one (c, y, x) level: ``pixel_um`` µm per px, offset in µm."""
+    return [
+        {
+            "version": NGFF_VERSION,
+            "name": name,
+            "axes": [
+                {"name": "c", "type": "channel"},
+                {"name": "y", "type": "space", "unit": "micrometer"},
+                {"name": "x", "type": "space", "unit": "micrometer"},
+            ],
+            "datasets": [
+                {
+                    "path": "0",
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": [1.0, pixel_um, pixel_um]},
+                        {"type": "translation", "translation": translation_um},
+                    ],
+                }
+            ],
+            "type": kind,
+            "metadata": {"description": description},
+        }
+    ]
+
+
 def ngff_attributes(slide: Slide, grid: TileGrid, params: TilingParams) -> dict[str, Any]:
     """OME-NGFF 0.4 ``multiscales`` + ``omero`` metadata, plus bcpath's own block."""
     translation_um = [0.0, grid.origin_y0 * slide.mpp, grid.origin_x0 * slide.mpp]
@@ -172,28 +198,13 @@ def ngff_attributes(slide: Slide, grid: TileGrid, params: TilingParams) -> dict[
         for name, color in (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"))
     ]
     return {
-        "multiscales": [
-            {
-                "version": NGFF_VERSION,
-                "name": slide.slide_id,
-                "axes": [
-                    {"name": "c", "type": "channel"},
-                    {"name": "y", "type": "space", "unit": "micrometer"},
-                    {"name": "x", "type": "space", "unit": "micrometer"},
-                ],
-                "datasets": [
-                    {
-                        "path": "0",
-                        "coordinateTransformations": [
-                            {"type": "scale", "scale": [1.0, params.mpp, params.mpp]},
-                            {"type": "translation", "translation": translation_um},
-                        ],
-                    }
-                ],
-                "type": "area",
-                "metadata": {"description": "tissue region re-tiled at the analysis resolution; unwritten chunks are background"},
-            }
-        ],
+        "multiscales": ngff_multiscales(
+            slide.slide_id,
+            params.mpp,
+            translation_um,
+            kind="area",
+            description="tissue region re-tiled at the analysis resolution; unwritten chunks are background",
+        ),
         "omero": {"name": slide.slide_id, "channels": channels, "rdefs": {"model": "color"}},
         "bcpath": {
             "slide_id": slide.slide_id,

@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bcpath.tiling import ngff_multiscales
+
 if TYPE_CHECKING:
     import pandas as pd
 
-NGFF_VERSION = "0.4"
 
 # Diverging blue → light grey → red (the end and middle colours of matplotlib's "coolwarm").
 COLORMAP_STOPS = np.array([[59, 76, 192], [221, 221, 221], [180, 4, 38]], dtype=np.float32)
@@ -120,28 +121,13 @@ def write_heatmap_zarr(
         for k, (name, color) in enumerate(zip(class_names, ("FF0000", "0000FF", "00FF00", "FFFF00", "FF00FF"), strict=False))
     ]
     attrs: dict[str, Any] = {
-        "multiscales": [
-            {
-                "version": NGFF_VERSION,
-                "name": model_id or "heatmap",
-                "axes": [
-                    {"name": "c", "type": "channel"},
-                    {"name": "y", "type": "space", "unit": "micrometer"},
-                    {"name": "x", "type": "space", "unit": "micrometer"},
-                ],
-                "datasets": [
-                    {
-                        "path": "0",
-                        "coordinateTransformations": [
-                            {"type": "scale", "scale": [1.0, cell_um, cell_um]},
-                            {"type": "translation", "translation": translation},
-                        ],
-                    }
-                ],
-                "type": "mean",
-                "metadata": {"description": "patch class probabilities per stride cell; NaN = no tissue patch"},
-            }
-        ],
+        "multiscales": ngff_multiscales(
+            model_id or "heatmap",
+            cell_um,
+            translation,
+            kind="mean",
+            description="patch class probabilities per stride cell; NaN = no tissue patch",
+        ),
         "omero": {"name": model_id or "heatmap", "channels": channels, "rdefs": {"model": "greyscale"}},
         "bcpath": {
             "model_id": model_id,
