@@ -476,11 +476,9 @@ def _uses_l1_ratio() -> bool:
     return "penalty" not in params or params["penalty"].default == "deprecated"
 
 
-def _logistic_regression(spec: Stage2Spec, random_state: int) -> Any:
-    from sklearn.linear_model import LogisticRegression
-
-    kwargs: dict[str, Any] = {
-        "C": spec.C,
+def _solver_kwargs(random_state: int) -> dict[str, Any]:
+    """The fixed LogisticRegression settings (also recorded in the model JSON)."""
+    return {
         "solver": SOLVER,
         "tol": SOLVER_TOL,
         "max_iter": SOLVER_MAX_ITER,
@@ -488,6 +486,12 @@ def _logistic_regression(spec: Stage2Spec, random_state: int) -> Any:
         "intercept_scaling": INTERCEPT_SCALING,
         "random_state": random_state,
     }
+
+
+def _logistic_regression(spec: Stage2Spec, random_state: int) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    kwargs: dict[str, Any] = {"C": spec.C, **_solver_kwargs(random_state)}
     if _uses_l1_ratio():
         kwargs["l1_ratio"] = 1.0 if spec.penalty == "l1" else 0.0
     else:
@@ -496,16 +500,7 @@ def _logistic_regression(spec: Stage2Spec, random_state: int) -> Any:
 
 
 def _solver_settings(random_state: int) -> dict[str, Any]:
-    return {
-        "library": "scikit-learn LogisticRegression",
-        "solver": SOLVER,
-        "tol": SOLVER_TOL,
-        "max_iter": SOLVER_MAX_ITER,
-        "class_weight": CLASS_WEIGHT,
-        "intercept_scaling": INTERCEPT_SCALING,
-        "random_state": random_state,
-        "standardised": True,
-    }
+    return {"library": "scikit-learn LogisticRegression", **_solver_kwargs(random_state), "standardised": True}
 
 
 def _versions() -> dict[str, str]:
