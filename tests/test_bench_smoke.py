@@ -59,3 +59,11 @@ def test_tiling_memory_benchmark_quick(tmp_path):
         assert case["steps"]["tile"]["peak_rss_mb"] > 0
     # Temporary files are cleaned up.
     assert not any(p.name.startswith("bcpath-bench-") for p in tmp_path.iterdir())
+
+
+def test_inference_benchmark_quick(tmp_path):
+    stdout, result = _run("inference.py", tmp_path)
+    assert "ratio full/model-only:" in stdout and "peak RSS:" in stdout
+    assert result["n_patches"] > 0 and result["ratio"] > 0
+    assert set(result["patches_per_s"]) == {"full path", "model only"}
+    assert not any(p.name.startswith("bcpath-bench-") for p in tmp_path.iterdir())

@@ -137,6 +137,24 @@ def test_dataset_pickles_and_pads_with_white(tiled: dict) -> None:
     assert (corner[:, : TILE // 4, :] == 255).all() and (corner[:, :, : TILE // 4] == 255).all()
 
 
+def test_cached_chunk_reads_equal_direct_zarr_slices(tiled: dict) -> None:
+    from bcpath.tiling import open_tiles
+
+    out = tiled["out"]
+    image = np.asarray(open_tiles(out / "tiles.zarr")[...])
+    height, width = image.shape[1:]
+    padded = np.full((3, height + 2 * TILE, width + 2 * TILE), 255, dtype=np.uint8)
+    padded[:, TILE : TILE + height, TILE : TILE + width] = image
+    dataset = PatchDataset(out / "tiles.zarr", out / "grid.parquet", TILE, TILE)
+    rng = np.random.default_rng(0)
+    # Inside one tile, across 2 and 4 tiles, over the image edges and fully outside.
+    corners = [(0, 0), (TILE // 2, 0), (TILE // 2, TILE // 2), (-TILE // 3, 5), (width - TILE // 2, height - 10), (-2 * TILE, 0)]
+    corners += [tuple(int(v) for v in rng.integers(-TILE // 2, (width, height))) for _ in range(40)]
+    for x, y in corners:
+        expected = padded[:, max(0, y + TILE) : y + 2 * TILE, max(0, x + TILE) : x + 2 * TILE] if x > -2 * TILE else np.full((3, TILE, TILE), 255)
+        np.testing.assert_array_equal(dataset.read_patch(x, y), expected, err_msg=f"patch at {(x, y)}")
+
+
 def test_predictions_round_trip_and_mpp_check(tiled: dict, model, half_stride: pd.DataFrame, tmp_path: Path) -> None:
     path = tmp_path / "predictions" / "tiny.parquet"
     write_predictions(half_stride, path)

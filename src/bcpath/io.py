@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -67,6 +68,22 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def json_ready(value: Any) -> Any:
+    """A copy of ``value`` that strict JSON accepts: NaN/inf → None, numpy scalars and arrays →
+    Python numbers and lists, paths → strings; dicts, lists and tuples recursively."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return json_ready(value.tolist())
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _json_default(value: Any) -> Any:

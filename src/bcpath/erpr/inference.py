@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PROBABILITY_PREFIX = "p_"
+CHUNK_CACHE = 64
+"""Decoded tiles.zarr chunks kept per dataset (per DataLoader worker)."""
 COORDINATE_COLUMNS = ("patch_id", "x", "y", "x0", "y0")
 METADATA_KEY = b"bcpath"
 
@@ -125,6 +128,10 @@ class PatchDataset:
     The dataset pickles without the Zarr array: each DataLoader worker opens tiles.zarr on its
     first ``__getitem__``.
 
+    Chunks are decoded once, not once per patch: a small LRU cache (``CHUNK_CACHE`` chunks,
+    about 0.8 MB each at 512 px) holds the decoded tiles, enough for a full row of tiles, so
+    the (y, x) patch order reads each chunk once even when 16 patches share a tile.
+
     Attributes:
         x, y: (N,) int64 top-left corners in analysis px.
         attrs: the ``bcpath`` block of tiles.zarr's attributes (origin_x0, origin_y0,
@@ -138,6 +145,8 @@ class PatchDataset:
         grid_parquet: str | os.PathLike[str],
         patch_px: int,
         stride_px: int | None = None,
+        tissue_mask: np.ndarray | None = None,
+        mask_mpp: float | None = None,
     ) -> None:
         import pandas as pd
         import zarr
@@ -159,7 +168,26 @@ class PatchDataset:
             grid["row"].to_numpy(), grid["col"].to_numpy(), int(self.attrs["tile_px"]),
             self.image_shape, self.patch_px, self.stride_px,
         )
+        if tissue_mask is not None:
+            if mask_mpp is None:
+                raise ValueError("tissue_mask needs mask_mpp (µm/px of the mask)")
+            keep = self._centres_on(tissue_mask, float(mask_mpp))
+            self.x, self.y = self.x[keep], self.y[keep]
         self._array: Any = None
+        self._chunks: OrderedDict[tuple[int, int], np.ndarray] | None = None
+        self._tile_px = int(self.attrs["tile_px"])
+
+    def _centres_on(self, mask: np.ndarray, mask_mpp: float) -> np.ndarray:
+        """(N,) bool: patch centre lies on the tissue mask (outside the mask's extent = False)."""
+        scale = float(self.attrs["level0_px_per_px"])
+        to_mask = float(self.attrs["level0_mpp"]) / mask_mpp
+        cx = (float(self.attrs["origin_x0"]) + (self.x + self.patch_px / 2) * scale) * to_mask
+        cy = (float(self.attrs["origin_y0"]) + (self.y + self.patch_px / 2) * scale) * to_mask
+        col, row = np.floor(cx).astype(np.int64), np.floor(cy).astype(np.int64)
+        inside = (row >= 0) & (row < mask.shape[0]) & (col >= 0) & (col < mask.shape[1])
+        keep = np.zeros(len(self.x), dtype=bool)
+        keep[inside] = mask[row[inside], col[inside]]
+        return keep
 
     def __len__(self) -> int:
         return int(len(self.x))
@@ -167,23 +195,49 @@ class PatchDataset:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_array"] = None  # reopened lazily in each worker
+        state["_chunks"] = None
         return state
 
-    def read_patch(self, x: int, y: int) -> np.ndarray:
-        """(3, P, P) uint8 patch with top-left (x, y); outside the image is white."""
+    def _chunk(self, row: int, col: int) -> np.ndarray:
+        """Decoded tile (row, col) of tiles.zarr, (3, h, w) uint8 (edge tiles are smaller)."""
         if self._array is None:
             from bcpath.tiling import open_tiles
 
             self._array = open_tiles(self.tiles_zarr)
-        size = self.patch_px
+        if self._chunks is None:
+            self._chunks = OrderedDict()
+        key = (row, col)
+        chunk = self._chunks.get(key)
+        if chunk is None:
+            tile = self._tile_px
+            chunk = np.asarray(self._array[:, row * tile : (row + 1) * tile, col * tile : (col + 1) * tile])
+            self._chunks[key] = chunk
+            if len(self._chunks) > CHUNK_CACHE:
+                self._chunks.popitem(last=False)
+        else:
+            self._chunks.move_to_end(key)
+        return chunk
+
+    def read_patch(self, x: int, y: int) -> np.ndarray:
+        """(3, P, P) uint8 patch with top-left (x, y); outside the image is white."""
+        size, tile = self.patch_px, self._tile_px
         height, width = self.image_shape
         top, left = max(y, 0), max(x, 0)
         bottom, right = min(y + size, height), min(x + size, width)
-        if (top, left, bottom, right) == (y, x, y + size, x + size):
-            return np.asarray(self._array[:, top:bottom, left:right])
+        if bottom <= top or right <= left:
+            return np.full((3, size, size), 255, dtype=np.uint8)
+        rows = range(top // tile, (bottom - 1) // tile + 1)
+        cols = range(left // tile, (right - 1) // tile + 1)
+        if len(rows) == 1 and len(cols) == 1 and (top, left, bottom, right) == (y, x, y + size, x + size):
+            r0, c0 = rows[0] * tile, cols[0] * tile
+            return self._chunk(rows[0], cols[0])[:, top - r0 : bottom - r0, left - c0 : right - c0].copy()
         patch = np.full((3, size, size), 255, dtype=np.uint8)
-        if bottom > top and right > left:
-            patch[:, top - y : bottom - y, left - x : right - x] = self._array[:, top:bottom, left:right]
+        for row in rows:
+            for col in cols:
+                r0, c0 = row * tile, col * tile
+                y_a, y_b = max(top, r0), min(bottom, r0 + tile)
+                x_a, x_b = max(left, c0), min(right, c0 + tile)
+                patch[:, y_a - y : y_b - y, x_a - x : x_b - x] = self._chunk(row, col)[:, y_a - r0 : y_b - r0, x_a - c0 : x_b - c0]
         return patch
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
@@ -215,6 +269,8 @@ def predict_slide(
     device: str | torch.device | None = None,
     progress: bool = True,
     threads: int | None = None,
+    tissue_mask: np.ndarray | None = None,
+    mask_mpp: float | None = None,
 ) -> pd.DataFrame:
     """Class probabilities for every patch of a slide's tissue tiles.
 
@@ -232,6 +288,9 @@ def predict_slide(
         progress: show a tqdm bar (to stderr, i.e. the rule's log; updates at most every 30 s).
         threads: cores granted to the job; None = the process's CPU affinity. On CPU,
             ``torch.set_num_threads(threads)`` for the duration of the call.
+        tissue_mask, mask_mpp: the slide's tissue mask (H, W) bool and its µm/px
+            (tissue/mask.png); when given, only patches whose centre lies on tissue are
+            predicted, so glass inside a tissue tile stays NaN (black) in the heatmaps.
 
     Returns:
         One row per patch, sorted by (y, x): patch_id, x, y, x0, y0 (int64) and ``p_0..``
@@ -248,7 +307,7 @@ def predict_slide(
     from tqdm import tqdm
 
     stride = int(stride_px if stride_px is not None else spec.patch_px)
-    dataset = PatchDataset(tiles_zarr, grid_parquet, spec.patch_px, stride)
+    dataset = PatchDataset(tiles_zarr, grid_parquet, spec.patch_px, stride, tissue_mask, mask_mpp)
     tiles_mpp = float(dataset.attrs["mpp"])
     if not math.isclose(tiles_mpp, spec.mpp, rel_tol=1e-3):
         raise BcpathError(
@@ -341,11 +400,11 @@ def write_predictions(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from bcpath.io import atomic_path
+    from bcpath.io import atomic_path, json_ready
 
     table = pa.Table.from_pandas(df, preserve_index=False)
     meta = dict(table.schema.metadata or {})
-    meta[METADATA_KEY] = json.dumps(df.attrs.get("bcpath", {}), default=_json_default).encode()
+    meta[METADATA_KEY] = json.dumps(json_ready(df.attrs.get("bcpath", {}))).encode()
     table = table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
@@ -360,9 +419,3 @@ def read_predictions(path: str | os.PathLike[str]) -> pd.DataFrame:
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
     df.attrs["bcpath"] = json.loads(raw) if raw else {}
     return df
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -277,7 +277,7 @@ def train_patch_classifier(
 
     from bcpath.erpr.inference import _autocast_dtype, granted_threads
     from bcpath.erpr.sampling import PatchSampleDataset
-    from bcpath.io import atomic_path, write_json
+    from bcpath.io import atomic_path, json_ready, write_json
     from bcpath.models.registry import build_model, save_weights
 
     config = config or TrainConfig()
@@ -454,7 +454,7 @@ def train_patch_classifier(
             "device": str(dev),
             "n_train_patches": len(train_rows),
             "n_tune_patches": len(tune_rows),
-            "result": {k: _plain(v) for k, v in dataclasses.asdict(result).items()},
+            "result": json_ready(dataclasses.asdict(result)),
             "torch": torch.__version__,
         },
     )
@@ -463,18 +463,6 @@ def train_patch_classifier(
 
 def _positive_auc(labels: np.ndarray, p_positive: np.ndarray) -> float:
     """ROC AUC of class 0 vs the rest from p_0; NaN when only one side is present."""
-    from sklearn.metrics import roc_auc_score
+    from bcpath.erpr.evaluation import auc
 
-    positive = labels == 0
-    if positive.all() or not positive.any():
-        return math.nan
-    return float(roc_auc_score(positive, p_positive))
-
-
-def _plain(value: Any) -> Any:
-    """JSON-friendly: paths as strings, NaN as null."""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return auc(labels == 0, p_positive)
