@@ -19,11 +19,13 @@ validate(config, "schemas/config.schema.yaml")
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/slides.smk"
+include: "rules/erpr.smk"
 
 
 rule all:
     input:
         all_targets(),
+        erpr_targets(),
     default_target: True
 
 

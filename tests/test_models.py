@@ -45,13 +45,14 @@ def test_registry_loads_and_validates() -> None:
     for model_id, spec in specs.items():
         marker = model_id.split("_")[0].upper()
         assert spec.model_id == model_id
-        assert spec.architecture == "inception_v3"
+        assert spec.architecture == "resnet18"  # CPU-sized demo entries (registry header)
         assert spec.classes == (
             f"{marker}-positive invasive carcinoma",
             f"{marker}-negative invasive carcinoma",
             "non-tumor",
         )
-        assert (spec.mpp, spec.patch_px) == (2.0, 512)
+        assert (spec.mpp, spec.patch_px) == (2.0, 128)
+        assert spec.training_command == f"snakemake --cores 2 results/models/{model_id}/best.pt"
         assert preprocess(spec) == IMAGENET
         assert spec.weights is None and spec.sha256 is None
         assert spec.licence == "MIT" and spec.training_command.startswith("snakemake")
@@ -128,7 +129,7 @@ def test_missing_weights_file_and_untrained_entry(tmp_path: Path) -> None:
     with pytest.raises(BcpathError, match=r"er_demo: weights file not found: .*gone\.pt"):
         load_weights(build_model(spec), spec, tmp_path)
     untrained = _small_spec()  # weights: null, as in the shipped registry
-    with pytest.raises(BcpathError, match=r"no weights file yet.*results/models/er_demo/weights\.pt"):
+    with pytest.raises(BcpathError, match=r"no weights file yet.*results/models/er_demo/best\.pt"):
         load_weights(build_model(untrained), untrained, tmp_path)
 
 
@@ -204,7 +205,7 @@ def test_unknown_architecture(tmp_path: Path) -> None:
 
 
 def test_inception_v3_has_a_three_class_head() -> None:
-    spec = load_registry(REGISTRY)["her2_demo"]
+    spec = dataclasses.replace(load_registry(REGISTRY)["her2_demo"], architecture="inception_v3", patch_px=512)
     model = build_model(spec)
     assert isinstance(model.fc, torch.nn.Linear) and model.fc.out_features == 3
     assert model.AuxLogits is None

@@ -118,6 +118,84 @@ def test_planted_nuclei_are_dark_in_the_tiles(demo_run):
     assert at_nuclei < tissue - 10
 
 
+MODELS = {"ER": "er_demo", "PR": "pr_demo", "HER2": "her2_demo"}
+
+
+def test_demo_patch_models_were_trained_by_the_rule(demo_run):
+    from bcpath.wsi import file_sha256
+
+    for biomarker, model in MODELS.items():
+        folder = demo_run / "results/models" / model
+        train = json.loads((folder / "train.json").read_text())
+        assert train["biomarker"] == biomarker
+        assert train["result"]["sha256"] == file_sha256(folder / "best.pt")
+        log = pd.read_csv(folder / "log.csv")
+        assert 1 <= len(log) <= 6 and log.is_best.any()
+        # The planted morphology is easy at 4 µm² per px: the tune patches separate.
+        assert train["result"]["best_tune_auc"] > 0.9, (model, train["result"])
+
+
+def test_every_slide_has_predictions_and_heatmaps_for_each_model(demo_run):
+    from bcpath.erpr.heatmaps import read_heatmap_zarr
+    from bcpath.erpr.inference import read_predictions
+
+    samples = _demo_slides(demo_run)
+    for slide in samples.index:
+        folder = demo_run / "results/slides" / slide
+        n_tiles = len(pd.read_parquet(folder / "grid.parquet"))
+        for model in MODELS.values():
+            table = read_predictions(folder / "predictions" / f"{model}.parquet")
+            # 128-px patches, stride 128, 16 per 512-px tile, those centred on the tissue mask
+            assert 8 * n_tiles < len(table) <= 16 * n_tiles
+            np.testing.assert_allclose(table[["p_0", "p_1", "p_2"]].sum(axis=1), 1.0, atol=1e-5)
+            maps, attrs = read_heatmap_zarr(folder / "heatmaps" / f"{model}.zarr")
+            assert np.count_nonzero(~np.isnan(maps[0])) == len(table)
+            assert (folder / "heatmaps" / f"{model}.png").stat().st_size > 0
+            read_geojson(folder / "heatmaps" / f"{model}.geojson")
+
+
+def test_er_heatmaps_are_red_on_er_positive_tumor_and_blue_on_er_negative(demo_run):
+    from bcpath.erpr.evaluation import label_patches
+    from bcpath.erpr.inference import read_predictions
+
+    samples = _demo_slides(demo_run)
+    test_slides = samples[samples.split == "test"]
+    for slide, row in test_slides.iterrows():
+        table = read_predictions(demo_run / "results/slides" / slide / "predictions/er_demo.parquet")
+        features = read_geojson(demo_run / "results/demo_cohort" / row.annotations)
+        labels = label_patches(features, "ER", table.x0, table.y0, 128 * 4)
+        tumor = labels == (0 if row.ER == "positive" else 1)
+        assert tumor.sum() >= 5, slide
+        # Mean p(ER-positive) on the slide's tumor patches follows its planted status.
+        mean_positive = table.p_0[tumor].mean()
+        assert (mean_positive > 0.7) if row.ER == "positive" else (mean_positive < 0.3), (slide, mean_positive)
+
+
+def test_stage2_recovers_the_planted_er_status_on_the_test_slides(demo_run):
+    evaluation = json.loads((demo_run / "results/cohort/stage2/ER/evaluation.json").read_text())
+    assert evaluation["evaluated_on"] == "test"
+    slide_level = evaluation["slide_level"]
+    assert slide_level["n_positive"] >= 2 and slide_level["n_negative"] >= 2
+    assert slide_level["auc"] >= 0.9
+    assert evaluation["patch_level"]["auc"] >= 0.9 and evaluation["patch_level"]["n"] > 100
+    assert slide_level["ci_low"] <= slide_level["auc"] <= slide_level["ci_high"]
+
+
+def test_stage2_outputs_for_each_biomarker(demo_run):
+    samples = _demo_slides(demo_run)
+    for biomarker in MODELS:
+        folder = demo_run / "results/cohort/stage2" / biomarker
+        model = json.loads((folder / "model.json").read_text())
+        assert model["format"] == "bcpath.erpr.stage2" and model["biomarker"] == biomarker
+        assert set(model["training"]["slides"]) == set(samples.index[samples.split.isin(["train", "tune"])])
+        predictions = pd.read_csv(folder / "predictions.csv")
+        assert sorted(predictions.slide_id) == sorted(samples.index)
+        assert predictions.score.between(0, 1).all() and predictions.flag.isna().all()
+        evaluation = json.loads((folder / "evaluation.json").read_text())
+        assert evaluation["bootstrap"]["resamples"] == 1000
+        assert (folder / "roc.png").stat().st_size > 1000
+
+
 def test_default_run_writes_only_results_logs_benchmarks(demo_run):
     assert {path.split("/")[0] for path in files_under(demo_run)} <= {"results", "logs", "benchmarks"}
     assert pd.read_csv(demo_run / "results/cohort/failures.csv").empty

@@ -139,7 +139,8 @@ def coerce_command_line_values(config: dict[str, Any], schema: dict[str, Any]) -
     Snakemake parses ``--config demo='{n_slides: 24}'`` with YAML's BaseLoader, so nested
     values arrive as strings ("24"); top-level values are already typed. Only values whose
     schema type is number, integer or boolean (and not string) are converted, and only when
-    YAML reads them as that type; everything else is left for validation to report.
+    YAML reads them as that type, plus members of untyped enums (``enabled: [auto, true,
+    false]``); everything else is left for validation to report.
     Mutates and returns ``config``.
     """
     import yaml
@@ -154,6 +155,15 @@ def coerce_command_line_values(config: dict[str, Any], schema: dict[str, Any]) -
             continue
         types = prop.get("type", [])
         types = [types] if isinstance(types, str) else list(types)
+        if not types and "enum" in prop and isinstance(value, str):
+            # An untyped enum such as ["auto", true, false]: take the YAML value when it is a member.
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                continue
+            if any(type(parsed) is type(member) and parsed == member for member in prop["enum"]):
+                config[key] = parsed
+            continue
         if not isinstance(value, str) or "string" in types:
             continue
         try:

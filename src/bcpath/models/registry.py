@@ -285,17 +285,39 @@ def load_weights(model: torch.nn.Module, spec: ModelSpec, models_dir: str | os.P
         BcpathError: no weights listed, file missing, sha256 mismatch, or a file that is not a
             state_dict of tensors; the message names the model, the file and the fix.
     """
-    from bcpath.wsi.reader import file_sha256
-
     path = weights_file(spec, models_dir)
     fix = f"re-run the training command (`{spec.training_command}`) or update weights/sha256 in the registry"
+    assert spec.sha256 is not None  # the schema requires sha256 with weights
+    return load_weights_file(model, spec, path, spec.sha256, fix)
+
+
+def load_weights_file(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    path: str | os.PathLike[str],
+    expected_sha256: str,
+    fix: str | None = None,
+) -> torch.nn.Module:
+    """Load a weights file into ``model`` after checking its sha256 against ``expected_sha256``.
+
+    Used for registry weights (:func:`load_weights`) and for weights a training rule just
+    wrote (checked against the sha256 in its train.json).
+
+    Raises:
+        BcpathError: file missing, sha256 mismatch, not a state_dict of tensors, or tensors that
+            do not fit the architecture; the message names the model, the file and ``fix``.
+    """
+    from bcpath.wsi.reader import file_sha256
+
+    path = Path(path)
+    fix = fix or f"re-run the training command (`{spec.training_command}`)"
     if not path.is_file():
-        raise BcpathError(f"model {spec.model_id}: weights file not found: {path} (expected sha256 {spec.sha256}); {fix}")
+        raise BcpathError(f"model {spec.model_id}: weights file not found: {path} (expected sha256 {expected_sha256}); {fix}")
     actual = file_sha256(path)
-    if actual != spec.sha256:
+    if actual != expected_sha256:
         raise BcpathError(
-            f"model {spec.model_id}: weights file {path} has sha256 {actual}, the registry expects "
-            f"{spec.sha256}; {fix}"
+            f"model {spec.model_id}: weights file {path} has sha256 {actual}, expected "
+            f"{expected_sha256}; {fix}"
         )
     state = _load_state_dict(path, f"model {spec.model_id}: weights file")
     try:

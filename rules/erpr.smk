@@ -1,0 +1,240 @@
+# ER/PR/HER2 from H&E (Gamble et al. 2021): stage-1 patch models → predictions → heatmaps →
+# stage-2 logistic regression per biomarker → evaluation. Logic: bcpath.erpr.steps.
+from pathlib import Path
+
+from bcpath.erpr.stage2 import BIOMARKERS
+from bcpath.models.registry import load_registry
+
+ERPR = config["erpr"]
+REGISTRY_PATH = str(Path(ERPR.get("registry") or Path(workflow.basedir) / "models" / "registry.yaml").resolve())
+MODELS_DIR = str(Path(REGISTRY_PATH).parent)
+try:
+    REGISTRY = load_registry(REGISTRY_PATH)
+except BcpathError as error:
+    raise WorkflowError(str(error)) from None
+
+ERPR_MODELS = {b: m for b, m in (ERPR.get("models") or {}).items() if m}
+for _biomarker, _model_id in ERPR_MODELS.items():
+    if _biomarker not in BIOMARKERS:
+        raise WorkflowError(f"erpr.models: unknown biomarker {_biomarker}; use {', '.join(BIOMARKERS)}")
+    if _model_id not in REGISTRY:
+        raise WorkflowError(
+            f"erpr.models.{_biomarker}: model {_model_id} is not in the model registry {REGISTRY_PATH} "
+            f"(entries: {', '.join(REGISTRY)}); add an entry there or name an existing one"
+        )
+    if abs(REGISTRY[_model_id].mpp - float(config["tiling"]["mpp"])) > 1e-3 * REGISTRY[_model_id].mpp:
+        raise WorkflowError(
+            f"erpr.models.{_biomarker}: model {_model_id} reads {REGISTRY[_model_id].mpp} µm/px but "
+            f"tiling.mpp is {config['tiling']['mpp']}; set tiling.mpp to the model's resolution"
+        )
+MODEL_BIOMARKER = {m: b for b, m in ERPR_MODELS.items()}
+
+
+def samples_sheet():
+    """The sample sheet file (labels, splits, annotations), or None for a plain cohort folder."""
+    if IS_DEMO:
+        return f"{DEMO_DIR}/samples.tsv"
+    return config.get("samples")
+
+
+def _sheet_has(column, values=None):
+    if IS_DEMO:
+        return True
+    if column not in SAMPLES.columns:
+        return False
+    cells = SAMPLES[column].dropna()
+    return bool(len(cells)) if values is None else bool(cells.isin(values).any())
+
+
+CAN_TRAIN = _sheet_has("annotations") and _sheet_has("split", ["train"]) and _sheet_has("split", ["tune"])
+
+
+def _model_available(model_id):
+    return REGISTRY[model_id].weights is not None or CAN_TRAIN
+
+
+ERPR_ACTIVE = {}
+for _biomarker, _model_id in ERPR_MODELS.items():
+    if ERPR["enabled"] is False:
+        break
+    if _model_available(_model_id):
+        ERPR_ACTIVE[_biomarker] = _model_id
+    elif ERPR["enabled"] is True:
+        raise WorkflowError(
+            f"erpr: model {_model_id} ({_biomarker}) has no weights in {REGISTRY_PATH} and the sample "
+            "sheet cannot train it (needs annotations and train + tune splits); record weights in the "
+            "registry, add annotated train/tune slides, or set erpr.enabled: auto"
+        )
+    else:
+        logger.info(
+            f"bcpath: {_biomarker} skipped: model {_model_id} has no weights and the sheet has no "
+            "annotated train/tune slides to train it (erpr.enabled: auto)"
+        )
+STAGE2_BIOMARKERS = [b for b in ERPR_ACTIVE if _sheet_has(b, ["positive", "negative"])]
+
+
+def stage1_weights(wildcards):
+    """The registry's weights file, or the training rule's best.pt when the registry has none."""
+    spec = REGISTRY[wildcards.model]
+    if spec.weights is not None:
+        return {"weights": str(Path(MODELS_DIR) / spec.weights)}
+    return {
+        "weights": f"results/models/{wildcards.model}/best.pt",
+        "train_json": f"results/models/{wildcards.model}/train.json",
+    }
+
+
+def erpr_targets():
+    return [
+        *[t for m in ERPR_ACTIVE.values() for t in slide_outputs(f"results/slides/{{slide}}/heatmaps/{m}.png")],
+        *[f"results/cohort/stage2/{b}/evaluation.json" for b in STAGE2_BIOMARKERS],
+    ]
+
+
+wildcard_constraints:
+    model="[A-Za-z0-9][A-Za-z0-9._-]*",
+    biomarker="ER|PR|HER2",
+
+
+rule train_patch_classifier:
+    input:
+        samples=lambda wildcards: samples_sheet(),
+        slides=lambda wildcards: list(SAMPLES["path"]),
+    output:
+        weights="results/models/{model}/best.pt",
+        last="results/models/{model}/last.pt",
+        train_json="results/models/{model}/train.json",
+        log_csv="results/models/{model}/log.csv",
+        patches="results/models/{model}/patches.csv",
+    log:
+        "logs/train_patch_classifier/{model}.log",
+    benchmark:
+        "benchmarks/train_patch_classifier/{model}.tsv"
+    params:
+        registry=REGISTRY_PATH,
+        model_id=lambda wildcards: wildcards.model,
+        biomarker=lambda wildcards: MODEL_BIOMARKER[wildcards.model],
+        training=ERPR["training"],
+    # CPU: the cores go to the model's intra-op threads; CUDA when present
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=240,
+        gpu=1,
+    conda:
+        "../envs/erpr.yaml"
+    script:
+        "../workflow_scripts/train_patch_classifier.py"
+
+
+rule predict_patches:
+    input:
+        unpack(stage1_weights),
+        tiles="results/slides/{slide}/tiles.zarr",
+        grid="results/slides/{slide}/grid.parquet",
+        mask="results/slides/{slide}/tissue/mask.png",
+        qc="results/slides/{slide}/tissue/qc.json",
+    output:
+        predictions="results/slides/{slide}/predictions/{model}.parquet",
+    log:
+        "logs/predict_patches/{slide}.{model}.log",
+    benchmark:
+        "benchmarks/predict_patches/{slide}.{model}.tsv"
+    params:
+        registry=REGISTRY_PATH,
+        model_id=lambda wildcards: wildcards.model,
+        inference=ERPR["inference"],
+        failure_record=lambda wildcards: f"results/cohort/failures/{wildcards.slide}.predict_patches.{wildcards.model}.json",
+    # 1 on CPU: two slides run side by side, which hides each job's ~5 s of torch start-up.
+    # On a GPU give it cores for DataLoader workers: --set-threads predict_patches=8
+    # (profiles/slurm does).
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    conda:
+        "../envs/erpr.yaml"
+    script:
+        "../workflow_scripts/predict_patches.py"
+
+
+rule render_heatmaps:
+    input:
+        predictions="results/slides/{slide}/predictions/{model}.parquet",
+        thumbnail="results/slides/{slide}/tissue/thumbnail.png",
+        qc="results/slides/{slide}/tissue/qc.json",
+        info="results/slides/{slide}/info.json",
+    output:
+        zarr=directory("results/slides/{slide}/heatmaps/{model}.zarr"),
+        png=report(
+            "results/slides/{slide}/heatmaps/{model}.png",
+            category="ER/PR/HER2",
+            subcategory="heatmaps {model}",
+            labels={"slide": "{slide}", "model": "{model}"},
+        ),
+        geojson="results/slides/{slide}/heatmaps/{model}.geojson",
+    log:
+        "logs/render_heatmaps/{slide}.{model}.log",
+    params:
+        geojson_threshold=ERPR["heatmaps"]["geojson_threshold"],
+        failure_record=lambda wildcards: f"results/cohort/failures/{wildcards.slide}.render_heatmaps.{wildcards.model}.json",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/erpr.yaml"
+    script:
+        "../workflow_scripts/render_heatmaps.py"
+
+
+rule train_stage2:
+    input:
+        samples=lambda wildcards: samples_sheet(),
+        predictions=lambda wildcards: slide_outputs(f"results/slides/{{slide}}/predictions/{ERPR_ACTIVE[wildcards.biomarker]}.parquet"),
+    output:
+        model="results/cohort/stage2/{biomarker}/model.json",
+        tuning="results/cohort/stage2/{biomarker}/tuning.csv",
+    log:
+        "logs/train_stage2/{biomarker}.log",
+    params:
+        biomarker=lambda wildcards: wildcards.biomarker,
+        stage2=ERPR["stage2"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/erpr.yaml"
+    script:
+        "../workflow_scripts/train_stage2.py"
+
+
+rule evaluate_stage2:
+    input:
+        model="results/cohort/stage2/{biomarker}/model.json",
+        samples=lambda wildcards: samples_sheet(),
+        predictions=lambda wildcards: slide_outputs(f"results/slides/{{slide}}/predictions/{ERPR_ACTIVE[wildcards.biomarker]}.parquet"),
+    output:
+        predictions="results/cohort/stage2/{biomarker}/predictions.csv",
+        evaluation="results/cohort/stage2/{biomarker}/evaluation.json",
+        roc=report(
+            "results/cohort/stage2/{biomarker}/roc.png",
+            category="ER/PR/HER2",
+            subcategory="ROC curves",
+            labels={"biomarker": "{biomarker}"},
+        ),
+    log:
+        "logs/evaluate_stage2/{biomarker}.log",
+    params:
+        biomarker=lambda wildcards: wildcards.biomarker,
+        evaluation=ERPR["evaluation"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/erpr.yaml"
+    script:
+        "../workflow_scripts/evaluate_stage2.py"

@@ -1,0 +1,5 @@
+"""Rule predict_patches: thin adapter; the logic is bcpath.erpr.steps.predict_patches_step."""
+
+from bcpath.workflow import run_rule
+
+run_rule(snakemake, "bcpath.erpr.steps:predict_patches_step")  # noqa: F821 (snakemake is injected)
