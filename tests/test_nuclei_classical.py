@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from bcpath.nuclei.classical import (
+    BASELINES,
+    classical_baseline,
     foreground_mask,
     segment_connected_components,
+    segment_fiji,
     segment_watershed,
 )
 from bcpath.nuclei.datasets import list_cpm15, list_monuseg
@@ -38,12 +42,47 @@ def test_watershed_splits_touching_nuclei_at_any_resolution(mpp):
     assert np.all(np.abs(areas_um2 - np.pi * 16) < 0.3 * np.pi * 16)
 
 
+@pytest.mark.parametrize("mpp", [0.25, 0.5])
+def test_fiji_splits_touching_nuclei_with_a_line(mpp):
+    rgb = _touching_discs(mpp)
+    labels = segment_fiji(rgb, mpp)
+    assert labels.dtype == np.int32 and labels.shape == rgb.shape[:2]
+    assert labels.max() == 3 and np.unique(labels).size == 4
+    # A 1 px background line (4-connected) separates the two halves, as in ImageJ.
+    left = labels == labels[int(12 / mpp), int(12 / mpp)]
+    right = labels == labels[int(12 / mpp), int(18.5 / mpp)]
+    assert not (ndi.binary_dilation(left) & right).any()
+    areas_um2 = np.bincount(labels.ravel())[1:] * mpp**2
+    assert np.all(np.abs(areas_um2 - np.pi * 16) < 0.3 * np.pi * 16)
+    touching = segment_fiji(rgb, mpp, watershed_line=False)
+    assert touching.max() == 3 and (touching > 0).sum() > (labels > 0).sum()
+
+
+def test_named_baselines():
+    rgb = _touching_discs(0.5)
+    assert set(BASELINES) == {"otsu", "watershed", "fiji"}
+    expected = {"otsu": 2, "watershed": 3, "fiji": 3}
+    for name, n in expected.items():
+        labels = classical_baseline(name, rgb, 0.5)
+        assert labels.dtype == np.int32 and labels.max() == n, name
+    np.testing.assert_array_equal(
+        classical_baseline("watershed", rgb, 0.5), segment_watershed(rgb, 0.5)
+    )
+    with pytest.raises(ValueError, match="available: otsu, watershed, fiji"):
+        classical_baseline("hovernet", rgb, 0.5)
+    with pytest.raises(ValueError, match="threshold"):
+        segment_fiji(rgb, 0.5, threshold="triangle")
+
+
 def test_blank_image_and_bad_mpp():
     blank = np.full((64, 64, 3), 240, dtype=np.uint8)
     assert segment_watershed(blank, 0.5).max() == 0
+    assert segment_fiji(blank, 0.5).max() == 0
     assert not foreground_mask(blank, 0.5).any()
     with pytest.raises(ValueError, match="mpp"):
         segment_watershed(_touching_discs(0.5), 0.0)
+    with pytest.raises(ValueError, match="mpp"):
+        segment_fiji(_touching_discs(0.5), -1.0)
 
 
 # Measured with these defaults (see the docstring of bcpath.nuclei.classical):
@@ -70,3 +109,21 @@ def test_real_images_watershed_beats_connected_components(require_shared, datase
     assert ws["aji"] > aji_ws - 0.05, ws
     assert ws["aji"] > cc["aji"] + 0.03, (ws["aji"], cc["aji"])
     assert ws["map"] > 0.08 and ws["f1_50"] > 0.4 and ws["dice"] > 0.65, ws
+
+
+def test_fiji_baseline_reaches_the_papers_fiji_aji_on_monuseg(require_shared):
+    """Mean AJI over the 21 MoNuSeg non-breast images: measured 0.485 (mAP 0.214, PQ 0.459).
+
+    Lagree et al. 2021 report Fiji AJI 0.340 (on breast images); assert 0.46, a small margin
+    below the measured value (bit-exact across platforms is not expected of EDT ties).
+    """
+    samples = list_monuseg(require_shared("nuclei/monuseg_nonbreast"))
+    scores = []
+    for sample in samples:
+        rgb, gt = sample.load()
+        scores.append(evaluate(gt, classical_baseline("fiji", rgb, sample.mpp)))
+    mean_aji = float(np.mean([s["aji"] for s in scores]))
+    assert len(samples) == 21
+    assert mean_aji >= 0.46 > 0.34, mean_aji
+    assert float(np.mean([s["pq"] for s in scores])) > 0.43
+    assert float(np.mean([s["map"] for s in scores])) > 0.19

@@ -1,4 +1,4 @@
-"""Nuclei metrics (AJI, AJI+, mAP@[.5:.95], object F1, pixel Dice) on hand-made and random labels."""
+"""Nuclei metrics (AJI, AJI+, mAP@[.5:.95], object F1, PQ, pixel Dice) on hand-made and random labels."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from bcpath.nuclei.metrics import (
     mean_average_precision,
     object_scores,
     overlap,
+    panoptic_quality,
     pixel_dice,
 )
 
@@ -41,6 +42,78 @@ def test_hand_computed_values():
     assert scores["precision"] == pytest.approx(0.5) and scores["recall"] == pytest.approx(0.5)
     assert object_scores(gt, pred, iou_threshold=0.7)["f1"] == 0.0
     assert pixel_dice(gt, pred) == pytest.approx(2 * 4 / (8 + 10))
+    # PQ: one match (IoU 2/3): SQ = 2/3, DQ = 1 / (1 + 1/2 + 1/2) = 1/2, PQ = 1/3.
+    pq = panoptic_quality(gt, pred)
+    assert (pq["tp"], pq["fp"], pq["fn"]) == (1, 1, 1)
+    assert pq["sq"] == pytest.approx(2 / 3) and pq["dq"] == pytest.approx(0.5)
+    assert pq["pq"] == pytest.approx(1 / 3)
+
+
+def _two_match_pair() -> tuple[np.ndarray, np.ndarray]:
+    gt = np.zeros((6, 8), dtype=np.int32)
+    gt[0:2, 0:2] = 1  # A, 4 px
+    gt[3:6, 3:6] = 2  # B, 9 px
+    pred = np.zeros((6, 8), dtype=np.int32)
+    pred[0:2, 0:2] = 5  # = A, IoU 1
+    pred[3:6, 3:5] = 9  # 6 px inside B, IoU 6/9 = 2/3
+    pred[0, 7] = 2  # 1 px false positive
+    return gt, pred
+
+
+def test_hand_computed_pq_and_two_thresholds():
+    gt, pred = _two_match_pair()
+    # IoU > 0.5: A-5 (1) and B-9 (2/3): TP 2, FP 1, FN 0.
+    # SQ = (1 + 2/3) / 2 = 5/6; DQ = 2 / (2 + 1/2 + 0) = 4/5; PQ = 5/6 * 4/5 = 2/3.
+    pq = panoptic_quality(gt, pred)
+    assert (pq["tp"], pq["fp"], pq["fn"]) == (2, 1, 0)
+    assert pq["sq"] == pytest.approx(5 / 6)
+    assert pq["dq"] == pytest.approx(4 / 5)
+    assert pq["pq"] == pytest.approx(2 / 3)
+    result = evaluate(gt, pred)
+    # IoU 0.5: P = 2/3, R = 2/2, F1 = 2*2 / (2*2 + 1 + 0) = 4/5 (= DQ).
+    assert result["precision_0.5"] == pytest.approx(2 / 3)
+    assert result["recall_0.5"] == pytest.approx(1.0)
+    assert result["f1_0.5"] == pytest.approx(4 / 5)
+    # IoU 0.7: only A-5 (2/3 < 0.7): TP 1, FP 2, FN 1: P = 1/3, R = 1/2, F1 = 2 / (2 + 2 + 1).
+    assert result["precision_0.7"] == pytest.approx(1 / 3)
+    assert result["recall_0.7"] == pytest.approx(1 / 2)
+    assert result["f1_0.7"] == pytest.approx(2 / 5)
+    assert (result["pq"], result["dq"], result["sq"]) == pytest.approx((2 / 3, 4 / 5, 5 / 6))
+    # The older key names carry the same values.
+    for name in ("f1", "precision", "recall"):
+        assert result[f"{name}_50"] == result[f"{name}_0.5"]
+        assert result[f"{name}_70"] == result[f"{name}_0.7"]
+
+
+EVALUATE_KEYS = (
+    "aji", "aji_plus", "map", "f1_0.5", "precision_0.5", "recall_0.5",
+    "f1_0.7", "precision_0.7", "recall_0.7", "pq", "dq", "sq", "dice",
+)  # fmt: skip
+
+
+def test_evaluate_empty_prediction_and_empty_truth():
+    gt, pred = _two_match_pair()
+    empty = np.zeros_like(gt)
+    for a, b in ((gt, empty), (empty, pred)):
+        result = evaluate(a, b)
+        assert all(result[key] == 0.0 for key in EVALUATE_KEYS), result
+    # Empty prediction: every GT nucleus is a false negative; nothing is a false positive.
+    pq = panoptic_quality(gt, empty)
+    assert (pq["tp"], pq["fp"], pq["fn"]) == (0, 0, 2)
+    # Empty truth: every prediction is a false positive.
+    scores = object_scores(empty, pred, iou_threshold=0.7)
+    assert (scores["tp"], scores["fp"], scores["fn"]) == (0, 3, 0)
+    both = evaluate(empty, empty)
+    assert all(both[key] == 1.0 for key in EVALUATE_KEYS), both
+    assert both["n_gt"] == both["n_pred"] == 0.0
+
+
+def test_pq_no_match_is_zero():
+    gt, _ = _two_match_pair()
+    pred = np.zeros_like(gt)
+    pred[5, 0] = 1  # touches nothing
+    pq = panoptic_quality(gt, pred)
+    assert pq["pq"] == pq["dq"] == pq["sq"] == 0.0
 
 
 def test_merged_prediction_aji_versus_aji_plus():
@@ -60,7 +133,7 @@ def test_merged_prediction_aji_versus_aji_plus():
 
 def test_perfect_and_empty():
     gt, _ = _hand_pair()
-    for fn in (aji, aji_plus, mean_average_precision, pixel_dice):
+    for fn in (aji, aji_plus, mean_average_precision, pixel_dice, _pq):
         assert fn(gt, gt) == 1.0
         assert fn(gt, np.zeros_like(gt)) == 0.0
         assert fn(np.zeros_like(gt), gt) == 0.0
@@ -69,6 +142,11 @@ def test_perfect_and_empty():
     assert object_scores(gt, np.zeros_like(gt))["f1"] == 0.0
     result = evaluate(gt, gt)
     assert all(result[k] == 1.0 for k in ("aji", "aji_plus", "map", "dice", "f1_50", "f1_70"))
+    assert all(result[k] == 1.0 for k in EVALUATE_KEYS)
+
+
+def _pq(gt: np.ndarray, pred: np.ndarray) -> float:
+    return panoptic_quality(gt, pred)["pq"]
 
 
 def test_input_validation():
@@ -145,10 +223,13 @@ def _reference(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
             tp += int(np.count_nonzero(iou[i] > t) > 0)  # unique partner above 0.5
         ap.append(tp / (len(g_ids) + len(p_ids) - tp))
     tp50 = sum(int(np.any(iou[i] > 0.5)) for i in range(len(g_ids)))
+    # Kirillov et al. 2019, eq. 1: sum of matched IoU / (TP + FP/2 + FN/2).
+    fp50, fn50 = len(p_ids) - tp50, len(g_ids) - tp50
     return {
         "aji": c / u,
         "map": float(np.mean(ap)),
         "f1_50": 2 * tp50 / (len(g_ids) + len(p_ids)),
+        "pq": float(iou[iou > 0.5].sum()) / (tp50 + fp50 / 2 + fn50 / 2),
     }
 
 
@@ -159,7 +240,7 @@ def test_agrees_with_slow_reference(seed):
     pred = _perturb(rng, gt)
     fast = evaluate(gt, pred)
     ref = _reference(gt, pred)
-    for key in ("aji", "map", "f1_50"):
+    for key in ("aji", "map", "f1_50", "pq"):
         assert fast[key] == pytest.approx(ref[key], abs=1e-12), key
     assert 0.0 < fast["aji"] < 1.0 and 0.0 < fast["map"] < 1.0
     assert 0.0 < fast["aji_plus"] < 1.0

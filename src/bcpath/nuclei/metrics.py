@@ -13,11 +13,15 @@ are broken towards the lower prediction label).
 - :func:`mean_average_precision`: the Data Science Bowl 2018 definition used by Lagree et al.:
   for t in 0.50, 0.55, ..., 0.95, TP(t)/(TP(t)+FP(t)+FN(t)) with one-to-one matches at IoU > t,
   averaged over t.
-- :func:`object_scores`: detection precision / recall / F1 at one IoU threshold (0.5 default).
+- :func:`object_scores`: detection precision / recall / F1 at one IoU threshold (0.5 default);
+  Lagree et al. Table 2 reports them at IoU 0.5 and 0.7.
+- :func:`panoptic_quality`: PQ = SQ × DQ (Kirillov et al. 2019, CVPR), matches at IoU > 0.5
+  (unique); SQ = mean IoU of the matches, DQ = TP / (TP + FP/2 + FN/2) (= F1 at IoU 0.5).
 - :func:`pixel_dice`: Dice of the foreground masks.
 
 Conventions when both images are empty: every score is 1.0 (nothing to find, nothing found).
-When exactly one is empty, every score is 0.0.
+When exactly one is empty, every score is 0.0. When both hold nuclei but nothing matches, PQ,
+DQ and F1 are 0.0, and SQ (a mean over no matches) is defined as 0.0 too.
 
 The overlap of every (gt, pred) label pair is computed in one pass: labels are compressed to
 0..n, and a contingency table is counted with ``np.bincount`` over the pair index (or with
@@ -41,6 +45,7 @@ __all__ = [
     "mean_average_precision",
     "object_scores",
     "overlap",
+    "panoptic_quality",
     "pixel_dice",
 ]
 
@@ -239,6 +244,27 @@ def object_scores(
     }
 
 
+def panoptic_quality(
+    gt: NDArray[np.integer] | Overlap, pred: NDArray[np.integer] | None = None
+) -> dict[str, float]:
+    """Panoptic quality (Kirillov et al. 2019): ``pq, dq, sq, tp, fp, fn``.
+
+    Matches are (gt, pred) pairs with IoU > 0.5, which are one-to-one without any assignment.
+    SQ = sum of matched IoU / TP, DQ = TP / (TP + FP/2 + FN/2), PQ = SQ × DQ, all in [0, 1].
+    Both images empty: pq = dq = sq = 1.0; no match (incl. exactly one image empty): 0.0.
+    """
+    ov = _as_overlap(gt, pred)
+    if ov.n_gt == 0 and ov.n_pred == 0:
+        return {"pq": 1.0, "dq": 1.0, "sq": 1.0, "tp": 0.0, "fp": 0.0, "fn": 0.0}
+    iou = ov.pair_iou if ov.pair_gt.size else np.zeros(0, dtype=np.float64)
+    matched = iou[iou > 0.5]
+    tp = int(matched.size)
+    fp, fn = ov.n_pred - tp, ov.n_gt - tp
+    sq = float(matched.sum()) / tp if tp else 0.0
+    dq = tp / (tp + 0.5 * fp + 0.5 * fn)
+    return {"pq": sq * dq, "dq": dq, "sq": sq, "tp": float(tp), "fp": float(fp), "fn": float(fn)}
+
+
 def mean_average_precision(
     gt: NDArray[np.integer] | Overlap,
     pred: NDArray[np.integer] | None = None,
@@ -265,21 +291,31 @@ def pixel_dice(gt: NDArray[np.integer], pred: NDArray[np.integer]) -> float:
     return 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
+EVALUATE_THRESHOLDS: tuple[float, ...] = (0.5, 0.7)  # IoU thresholds of Lagree et al. Table 2
+
+
 def evaluate(gt: NDArray[np.integer], pred: NDArray[np.integer]) -> dict[str, float]:
-    """All metrics of Lagree et al. 2021 for one image pair, from one contingency table."""
+    """All metrics of Lagree et al. 2021 (and PQ) for one image pair, from one contingency table.
+
+    Keys: ``aji, aji_plus, map, f1_0.5, precision_0.5, recall_0.5, f1_0.7, precision_0.7,
+    recall_0.7, pq, dq, sq, dice, n_gt, n_pred``; the older names ``f1_50, precision_50, ...,
+    recall_70`` carry the same values.
+    """
     ov = overlap(gt, pred)
     out = {
         "aji": aji(ov),
         "aji_plus": aji_plus(ov),
         "map": mean_average_precision(ov),
-        "dice": pixel_dice(gt, pred),
-        "n_gt": float(ov.n_gt),
-        "n_pred": float(ov.n_pred),
     }
-    for t in (0.5, 0.7):
+    for t in EVALUATE_THRESHOLDS:
         scores = object_scores(ov, iou_threshold=t)
-        tag = f"{int(round(t * 100))}"
-        out[f"f1_{tag}"] = scores["f1"]
-        out[f"precision_{tag}"] = scores["precision"]
-        out[f"recall_{tag}"] = scores["recall"]
+        for name in ("f1", "precision", "recall"):
+            out[f"{name}_{t:g}"] = scores[name]
+    pq = panoptic_quality(ov)
+    out.update(pq=pq["pq"], dq=pq["dq"], sq=pq["sq"])
+    out["dice"] = pixel_dice(gt, pred)
+    out["n_gt"], out["n_pred"] = float(ov.n_gt), float(ov.n_pred)
+    for t in EVALUATE_THRESHOLDS:  # older key names, kept for existing callers
+        for name in ("f1", "precision", "recall"):
+            out[f"{name}_{int(round(t * 100))}"] = out[f"{name}_{t:g}"]
     return out

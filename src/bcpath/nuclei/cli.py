@@ -1,0 +1,327 @@
+"""``bcpath nuclei`` sub-commands: classical nuclei segmentation and its evaluation.
+
+    bcpath nuclei predict --model {otsu,watershed,fiji} [--mpp 0.25] IMAGE... --out DIR
+    bcpath nuclei evaluate --pred DIR --truth DIR [--out table.csv]
+
+``predict`` writes ``DIR/<stem>.tif``: uint16 instance labels (0 = background), H × W of the input.
+µm/px comes from ``--mpp``, else from the TIFF resolution tags (or ImageJ's ``unit=micron``),
+else the command stops and asks for ``--mpp``. Inputs are made 8-bit RGB before segmenting:
+
+- RGBA: composited on white (transparent = empty glass, which is white in brightfield);
+- 16-bit: scaled by 255 / 65535, i.e. full range (not stretched to the image's own min / max,
+  which would change the optical densities that the hematoxylin channel is computed from);
+- grayscale: refused. Every baseline thresholds the hematoxylin channel of a colour
+  deconvolution, which needs the three colour channels; a gray image has lost the stain
+  separation, and converting it to gray-RGB would deconvolve to noise.
+
+``evaluate`` pairs ``PRED/<stem>.*`` with ``TRUTH/<stem>.*`` (TIFF or PNG instance labels) and
+writes per-image and mean scores of :func:`bcpath.nuclei.metrics.evaluate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from numpy.typing import NDArray
+
+from bcpath.errors import BcpathError
+
+__all__ = [
+    "EVALUATE_COLUMNS",
+    "MPP_RANGE",
+    "add_nuclei_subparser",
+    "evaluate_folders",
+    "image_mpp",
+    "predict_files",
+    "read_label_image",
+    "read_rgb_for_segmentation",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+EVALUATE_COLUMNS: tuple[str, ...] = (
+    "aji",
+    "map",
+    "f1_0.5",
+    "precision_0.5",
+    "recall_0.5",
+    "f1_0.7",
+    "precision_0.7",
+    "recall_0.7",
+    "pq",
+)
+# µm/px outside this range in a file is a placeholder (e.g. 72 dpi = 353 µm/px), not a scan.
+MPP_RANGE = (0.05, 20.0)
+_UM_PER_UNIT = {2: 25_400.0, 3: 10_000.0, 4: 1_000.0, 5: 1.0}  # TIFF ResolutionUnit -> µm
+
+
+def _read_array(path: Path) -> NDArray[np.generic]:
+    """Pixels of a TIFF (tifffile) or any OpenCV-readable file, channels as RGB(A)."""
+    if not path.is_file():
+        raise BcpathError(f"image {path}: file not found; check the path")
+    try:
+        if path.suffix.lower() in {".tif", ".tiff"}:
+            return np.asarray(tifffile.imread(path))
+        import cv2
+
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except Exception as error:  # tifffile / OpenCV raise many types on corrupt files
+        raise BcpathError(f"image {path}: cannot be read ({error}); check the file") from error
+    if image is None:
+        raise BcpathError(f"image {path}: cannot be read; give a TIFF or PNG file")
+    if image.ndim == 3 and image.shape[2] == 3:
+        image = image[..., ::-1]  # BGR -> RGB
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = image[..., [2, 1, 0, 3]]  # BGRA -> RGBA
+    return np.ascontiguousarray(image)
+
+
+def read_rgb_for_segmentation(path: str | Path) -> NDArray[np.uint8]:
+    """(H, W, 3) uint8 RGB of an H&E image file; RGBA and 16-bit converted (module docstring)."""
+    path = Path(path)
+    image = _read_array(path)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        raise BcpathError(
+            f"image {path}: grayscale {image.shape}; the nuclei baselines need an RGB H&E image "
+            "(they threshold the hematoxylin channel of a colour deconvolution); give the "
+            "colour image"
+        )
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise BcpathError(
+            f"image {path}: shape {image.shape} is not (H, W, 3) RGB or (H, W, 4) RGBA; "
+            "give a single-page H&E image"
+        )
+    if image.dtype == np.uint16:
+        scaled = image.astype(np.float64) * (255.0 / 65535.0)
+    elif image.dtype == np.uint8:
+        scaled = image.astype(np.float64)
+    else:
+        raise BcpathError(
+            f"image {path}: pixel type {image.dtype}; save it as 8- or 16-bit unsigned RGB"
+        )
+    if scaled.shape[2] == 4:  # composite on white
+        alpha = scaled[..., 3:] / 255.0
+        scaled = scaled[..., :3] * alpha + 255.0 * (1.0 - alpha)
+    return np.ascontiguousarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+
+
+def image_mpp(path: str | Path) -> float | None:
+    """µm/px from a TIFF's XResolution + ResolutionUnit (or ImageJ ``unit=micron``); else None.
+
+    Values outside :data:`MPP_RANGE` are ignored (placeholder resolutions such as 72 dpi).
+    """
+    path = Path(path)
+    if path.suffix.lower() not in {".tif", ".tiff"}:
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            xres = page.tags.get("XResolution")
+            unit_tag = page.tags.get("ResolutionUnit")
+            unit = int(unit_tag.value) if unit_tag is not None else 2  # TIFF default: inch
+            imagej = tif.imagej_metadata or {}
+    except Exception as error:
+        raise BcpathError(f"image {path}: cannot be read ({error}); check the file") from error
+    if xres is None:
+        return None
+    numerator, denominator = xres.value
+    px_per_unit = numerator / denominator if denominator else 0.0
+    if px_per_unit <= 0:
+        return None
+    um_per_unit = _UM_PER_UNIT.get(unit)
+    if um_per_unit is None and str(imagej.get("unit", "")).lower() in {"micron", "µm", "um"}:
+        um_per_unit = 1.0
+    if um_per_unit is None:
+        return None
+    mpp = um_per_unit / px_per_unit
+    return mpp if MPP_RANGE[0] <= mpp <= MPP_RANGE[1] else None
+
+
+def _model_error(model: str) -> BcpathError:
+    from bcpath.nuclei.classical import BASELINES
+
+    return BcpathError(
+        f"nuclei model {model!r}: not available; deep-learning models are not shipped yet, "
+        f"use one of the classical baselines: {', '.join(BASELINES)}"
+    )
+
+
+def predict_files(
+    images: Sequence[str | Path], out: str | Path, model: str, mpp: float | None = None
+) -> list[Path]:
+    """Segment each image with a classical baseline; write ``out/<stem>.tif`` (uint16 labels).
+
+    ``mpp``: µm/px of every image; None reads it from each file. Returns the written paths.
+    """
+    from bcpath.nuclei.classical import BASELINES, classical_baseline
+
+    if model not in BASELINES:
+        raise _model_error(model)
+    if mpp is not None and not (np.isfinite(mpp) and mpp > 0):
+        raise BcpathError(f"--mpp {mpp}: must be a positive number of µm per pixel")
+    paths = [Path(p) for p in images]
+    stems: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in stems:
+            raise BcpathError(
+                f"image {path}: same stem as {stems[path.stem]}, both would write "
+                f"{path.stem}.tif; rename one or run them into different --out folders"
+            )
+        stems[path.stem] = path
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in paths:
+        rgb = read_rgb_for_segmentation(path)
+        image_um = mpp if mpp is not None else image_mpp(path)
+        if image_um is None:
+            raise BcpathError(
+                f"image {path}: no µm/px in the file (no TIFF resolution tags in "
+                f"{MPP_RANGE[0]}-{MPP_RANGE[1]} µm/px); give it with --mpp, "
+                "e.g. --mpp 0.25 for 40x or 0.5 for 20x"
+            )
+        labels = classical_baseline(model, rgb, image_um)
+        if int(labels.max()) > np.iinfo(np.uint16).max:
+            raise BcpathError(
+                f"image {path}: {int(labels.max())} nuclei do not fit uint16 labels; "
+                "split the image into tiles"
+            )
+        target = out / f"{path.stem}.tif"
+        tifffile.imwrite(target, labels.astype(np.uint16), compression="zlib")
+        logger.info("%s: %d nuclei (%s, %.3f µm/px) -> %s", path, labels.max(), model, image_um, target)
+        written.append(target)
+    return written
+
+
+def read_label_image(path: str | Path) -> NDArray[np.int64]:
+    """(H, W) instance labels of a TIFF or PNG (0 = background)."""
+    path = Path(path)
+    labels = _read_array(path)
+    if labels.ndim == 3 and labels.shape[2] == 1:
+        labels = labels[..., 0]
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise BcpathError(
+            f"label image {path}: shape {labels.shape}, type {labels.dtype}; expected one "
+            "integer channel of instance labels (0 = background, one value per nucleus)"
+        )
+    if labels.size and int(labels.min()) < 0:
+        raise BcpathError(f"label image {path}: negative labels; 0 must be the background")
+    return labels.astype(np.int64)
+
+
+def _label_files(folder: Path, role: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise BcpathError(f"--{role} {folder}: not a folder; give the folder of label images")
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        if path.stem in files:
+            raise BcpathError(
+                f"--{role} {folder}: {files[path.stem].name} and {path.name} share a stem; "
+                "keep one label image per image"
+            )
+        files[path.stem] = path
+    if not files:
+        raise BcpathError(f"--{role} {folder}: no .tif/.tiff/.png label images in it")
+    return files
+
+
+def evaluate_folders(pred: str | Path, truth: str | Path) -> list[dict[str, str | float]]:
+    """Rows ``image, aji, map, f1_0.5, ..., pq``: one per stem, then ``image = "mean"``."""
+    from bcpath.nuclei.metrics import evaluate
+
+    pred_files = _label_files(Path(pred), "pred")
+    truth_files = _label_files(Path(truth), "truth")
+    for stem, path in pred_files.items():
+        if stem not in truth_files:
+            raise BcpathError(
+                f"prediction {path}: no ground truth {stem}.tif/.png in {truth}; "
+                "add it or remove the prediction"
+            )
+    for stem, path in truth_files.items():
+        if stem not in pred_files:
+            raise BcpathError(
+                f"ground truth {path}: no prediction {stem}.tif in {pred}; "
+                "run bcpath nuclei predict on that image or remove the ground truth"
+            )
+    rows: list[dict[str, str | float]] = []
+    for stem in sorted(pred_files):
+        p, g = read_label_image(pred_files[stem]), read_label_image(truth_files[stem])
+        if p.shape != g.shape:
+            raise BcpathError(
+                f"prediction {pred_files[stem]}: size {p.shape} differs from ground truth "
+                f"{truth_files[stem]} {g.shape}; predict on the same image as the annotation"
+            )
+        scores = evaluate(g, p)
+        rows.append({"image": stem, **{c: scores[c] for c in EVALUATE_COLUMNS}})
+    mean: dict[str, str | float] = {"image": "mean"}
+    for column in EVALUATE_COLUMNS:
+        mean[column] = float(np.mean([float(row[column]) for row in rows]))
+    rows.append(mean)
+    return rows
+
+
+def _format_table(rows: list[dict[str, str | float]], sep: str | None) -> str:
+    """CSV (``sep=","``) or a space-aligned table (``sep=None``); scores with 4 decimals."""
+    header = ["image", *EVALUATE_COLUMNS]
+    body = [[str(r["image"])] + [f"{float(r[c]):.4f}" for c in EVALUATE_COLUMNS] for r in rows]
+    if sep is not None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerows([header, *body])
+        return buffer.getvalue()
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
+        for line in [header, *body]
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    written = predict_files(args.images, args.out, args.model, args.mpp)
+    print(f"{len(written)} label images written to {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    rows = evaluate_folders(args.pred, args.truth)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(_format_table(rows, ","))
+    sys.stdout.write(_format_table(rows, None))
+    return 0
+
+
+def add_nuclei_subparser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``bcpath nuclei predict`` and ``bcpath nuclei evaluate`` on ``sub``."""
+    from bcpath.nuclei.classical import BASELINES
+
+    nuclei = sub.add_parser("nuclei", help="nuclei instance segmentation (classical baselines) and its metrics")
+    actions = nuclei.add_subparsers(dest="nuclei_command", required=True)
+
+    predict = actions.add_parser("predict", help="segment nuclei; write DIR/<stem>.tif uint16 instance labels")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="H&E image(s): TIFF or PNG, RGB(A), 8/16-bit")
+    predict.add_argument("--model", required=True, help=f"classical baseline: {', '.join(BASELINES)}")
+    predict.add_argument("--mpp", type=float, help="µm/px of the images (default: from the TIFF tags)")
+    predict.add_argument("--out", required=True, help="output folder")
+    predict.set_defaults(func=_cmd_predict)
+
+    evaluate = actions.add_parser("evaluate", help="AJI, mAP, F1/P/R at IoU 0.5 and 0.7, PQ per image and mean")
+    evaluate.add_argument("--pred", required=True, help="folder of predicted label images (<stem>.tif)")
+    evaluate.add_argument("--truth", required=True, help="folder of ground-truth label images (<stem>.tif/.png)")
+    evaluate.add_argument("--out", help="also write the table as CSV here")
+    evaluate.set_defaults(func=_cmd_evaluate)
