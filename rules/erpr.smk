@@ -238,3 +238,120 @@ rule evaluate_stage2:
         "../envs/erpr.yaml"
     script:
         "../workflow_scripts/evaluate_stage2.py"
+
+
+# --- Interpretability (optional targets: `snakemake --cores 2 interpret`) ----------------------
+
+
+def biomarker_weights(wildcards, biomarker=None):
+    """stage1_weights of the model of a biomarker (wildcard or fixed)."""
+    model_id = ERPR_ACTIVE[biomarker or wildcards.biomarker]
+    return stage1_weights(type("W", (), {"model": model_id})())
+
+
+def model_predictions(model_id):
+    return slide_outputs(f"results/slides/{{slide}}/predictions/{model_id}.parquet")
+
+
+def interpret_targets():
+    settings = ERPR["interpret"]
+    targets = [f"results/cohort/interpret/{b}/smoothgrad.png" for b in ERPR_ACTIVE]
+    if settings["embedding_biomarker"] in ERPR_ACTIVE:
+        targets.append("results/cohort/interpret/clusters/hierarchy.json")
+    if settings["concepts"]:
+        targets += [f"results/cohort/interpret/{b}/tcav.json" for b in ERPR_ACTIVE]
+    return targets
+
+
+rule interpret:
+    input:
+        interpret_targets(),
+    localrule: True
+
+
+rule interpret_smoothgrad:
+    input:
+        unpack(biomarker_weights),
+        predictions=lambda wildcards: model_predictions(ERPR_ACTIVE[wildcards.biomarker]),
+        tiles=lambda wildcards: slide_outputs("results/slides/{slide}/tiles.zarr"),
+    output:
+        png=report(
+            "results/cohort/interpret/{biomarker}/smoothgrad.png",
+            category="ER/PR/HER2",
+            subcategory="interpretability",
+            labels={"biomarker": "{biomarker}", "figure": "SmoothGrad"},
+        ),
+        csv="results/cohort/interpret/{biomarker}/smoothgrad.csv",
+    log:
+        "logs/interpret_smoothgrad/{biomarker}.log",
+    params:
+        registry=REGISTRY_PATH,
+        model_id=lambda wildcards: ERPR_ACTIVE[wildcards.biomarker],
+        interpret=ERPR["interpret"],
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=1,
+    conda:
+        "../envs/erpr.yaml"
+    script:
+        "../workflow_scripts/interpret_smoothgrad.py"
+
+
+rule interpret_clusters:
+    input:
+        unpack(lambda wildcards: biomarker_weights(wildcards, ERPR["interpret"]["embedding_biomarker"])),
+        predictions=[p for m in ERPR_ACTIVE.values() for p in model_predictions(m)],
+        tiles=slide_outputs("results/slides/{slide}/tiles.zarr"),
+    output:
+        hierarchy="results/cohort/interpret/clusters/hierarchy.json",
+        clusters="results/cohort/interpret/clusters/clusters.csv",
+        dendrogram=report(
+            "results/cohort/interpret/clusters/dendrogram.png",
+            category="ER/PR/HER2",
+            subcategory="interpretability",
+            labels={"figure": "cluster dendrogram"},
+        ),
+        montages=directory("results/cohort/interpret/clusters/montages"),
+    log:
+        "logs/interpret_clusters/cohort.log",
+    params:
+        registry=REGISTRY_PATH,
+        model_id=ERPR_ACTIVE.get(ERPR["interpret"]["embedding_biomarker"]),
+        models=ERPR_ACTIVE,
+        embedding_biomarker=ERPR["interpret"]["embedding_biomarker"],
+        interpret=ERPR["interpret"],
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=60,
+        gpu=1,
+    conda:
+        "../envs/erpr.yaml"
+    script:
+        "../workflow_scripts/interpret_clusters.py"
+
+
+rule interpret_tcav:
+    input:
+        unpack(biomarker_weights),
+        predictions=lambda wildcards: model_predictions(ERPR_ACTIVE[wildcards.biomarker]),
+        tiles=lambda wildcards: slide_outputs("results/slides/{slide}/tiles.zarr"),
+    output:
+        tcav="results/cohort/interpret/{biomarker}/tcav.json",
+    log:
+        "logs/interpret_tcav/{biomarker}.log",
+    params:
+        registry=REGISTRY_PATH,
+        model_id=lambda wildcards: ERPR_ACTIVE[wildcards.biomarker],
+        interpret=ERPR["interpret"],
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=60,
+        gpu=1,
+    conda:
+        "../envs/erpr.yaml"
+    script:
+        "../workflow_scripts/interpret_tcav.py"
