@@ -1,0 +1,174 @@
+"""``bcpath ihc score``: cell-based H-Score, NAP, Allred score and QC flags of IHC cores.
+
+    bcpath ihc score [--mpp 0.5] [--stains liu2019|qupath] IMAGE... --out DIR
+
+For each image writes ``DIR/<stem>.cells.csv`` (x, y in image px, dab_od_mean, class in
+negative / 1+ / 2+ / 3+) and ``DIR/<stem>.json`` (summary of
+:func:`bcpath.ihc.score.score_core`, plus ``h_score_ramcnn: null``: no RAM-CNN model is
+configured). µm/px comes from ``--mpp``, else the TIFF resolution tags, else the image fails.
+An image that cannot be scored (unreadable, grayscale, no µm/px) gets one error line naming it;
+the others are still scored, and the exit status is 1 when any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bcpath.errors import BcpathError
+
+__all__ = ["add_ihc_subparser", "read_ihc_image", "score_files"]
+
+logger = logging.getLogger(__name__)
+
+CELL_COLUMNS = ("x", "y", "dab_od_mean", "class")
+
+
+def read_ihc_image(path: str | Path) -> NDArray[np.uint8]:
+    """(H, W, 3) uint8 RGB of an IHC image file (TIFF via tifffile, others via Pillow).
+
+    RGBA is composited on white; 16-bit is scaled by 255 / 65535. A one-channel image is
+    returned as (H, W) so that scoring can refuse it with its own message.
+
+    Raises:
+        BcpathError: missing or unreadable file, unsupported shape or pixel type.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BcpathError(f"image {path}: file not found; check the path")
+    try:
+        if path.suffix.lower() in {".tif", ".tiff"}:
+            import tifffile
+
+            image = np.asarray(tifffile.imread(path))
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                image = np.asarray(im.convert("RGBA") if im.mode in {"P", "LA", "PA"} else im)
+    except Exception as error:  # tifffile / Pillow raise many types on corrupt files
+        raise BcpathError(f"image {path}: cannot be read ({error}); give an RGB TIFF or PNG/JPEG file") from error
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.dtype == np.uint16:
+        image = np.rint(image.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+    elif image.dtype == np.bool_:
+        image = image.astype(np.uint8) * 255
+    if image.dtype != np.uint8:
+        raise BcpathError(f"image {path}: pixel type {image.dtype}; save it as 8- or 16-bit RGB")
+    if image.ndim == 2:
+        return np.ascontiguousarray(image)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise BcpathError(f"image {path}: shape {image.shape} is not (H, W, 3) RGB; give a single-page RGB image")
+    if image.shape[2] == 4:
+        alpha = image[..., 3:].astype(np.float64) / 255.0
+        image = np.rint(image[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return np.ascontiguousarray(image)
+
+
+def _json_ready(value: Any) -> Any:
+    """NaN -> None, numpy scalars -> Python, floats rounded to 4 decimals, recursively."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return None if not math.isfinite(value) else round(value, 4)
+    return value
+
+
+def score_one(path: Path, out: Path, mpp: float | None, stains: str) -> dict[str, Any]:
+    """Score one image file and write its ``.cells.csv`` and ``.json``; returns the summary."""
+    from bcpath.ihc.score import score_core
+    from bcpath.nuclei.cli import MPP_RANGE, image_mpp
+
+    rgb = read_ihc_image(path)
+    image_um = mpp if mpp is not None else image_mpp(path)
+    if image_um is None:
+        raise BcpathError(
+            f"image {path}: no µm/px in the file (no TIFF resolution tags in {MPP_RANGE[0]}-{MPP_RANGE[1]} µm/px); "
+            "give it with --mpp, e.g. --mpp 0.25 for 40x or 0.5 for 20x"
+        )
+    result = score_core(rgb, image_um, stains=stains, name=f"image {path}")
+    with open(out / f"{path.stem}.cells.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(CELL_COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        for row in result.cell_rows():
+            writer.writerow({**row, "x": f"{row['x']:.2f}", "y": f"{row['y']:.2f}", "dab_od_mean": f"{row['dab_od_mean']:.4f}"})
+    summary = {"image": str(path), **result.summary, "h_score_ramcnn": None}
+    (out / f"{path.stem}.json").write_text(json.dumps(_json_ready(summary), indent=2) + "\n")
+    logger.info(
+        "%s: %d cells, H-Score %.1f (NAP %.1f), Allred %d%s",
+        path, summary["n_cells"], summary["h_score_cells"], summary["h_score_nap"], summary["allred"],
+        f", flags {', '.join(summary['flags'])}" if summary["flags"] else "",
+    )
+    return summary
+
+
+def score_files(images: Sequence[str | Path], out: str | Path, mpp: float | None = None, stains: str = "liu2019") -> tuple[list[Path], list[str]]:
+    """Score each image into ``out``; an image that fails does not stop the others.
+
+    Returns:
+        (scored image paths, one error message per failed image).
+
+    Raises:
+        BcpathError: bad ``--mpp`` or two images with the same stem (checked before any work).
+    """
+    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
+        raise BcpathError(f"--mpp {mpp}: must be a positive number of µm per pixel")
+    paths = [Path(p) for p in images]
+    stems: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in stems:
+            raise BcpathError(
+                f"image {path}: same stem as {stems[path.stem]}, both would write {path.stem}.json; "
+                "rename one or score them into different --out folders"
+            )
+        stems[path.stem] = path
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    done: list[Path] = []
+    errors: list[str] = []
+    for path in paths:
+        try:
+            score_one(path, out, mpp, stains)
+        except BcpathError as error:
+            message = str(error) if str(path) in str(error) else f"image {path}: {error}"
+            errors.append(message)
+            continue
+        done.append(path)
+    return done, errors
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    done, errors = score_files(args.images, args.out, args.mpp, args.stains)
+    for message in errors:
+        print(f"bcpath: {message}", file=sys.stderr)
+    print(f"{len(done)} of {len(done) + len(errors)} images scored into {args.out}")
+    return 1 if errors else 0
+
+
+def add_ihc_subparser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``bcpath ihc score`` on ``sub``."""
+    from bcpath.ihc.score import STAIN_CHOICES
+
+    ihc = sub.add_parser("ihc", help="IHC (DAB + hematoxylin) scoring: H-Score, NAP, Allred")
+    actions = ihc.add_subparsers(dest="ihc_command", required=True)
+    score = actions.add_parser("score", help="score IHC cores; write DIR/<stem>.cells.csv and DIR/<stem>.json")
+    score.add_argument("images", nargs="+", metavar="IMAGE", help="IHC image(s): RGB TIFF, PNG or JPEG")
+    score.add_argument("--mpp", type=float, help="µm/px of the images (default: from the TIFF tags)")
+    score.add_argument("--stains", choices=STAIN_CHOICES, default="liu2019", help="stain vectors (default liu2019)")
+    score.add_argument("--out", required=True, help="output folder")
+    score.set_defaults(func=_cmd_score)
