@@ -115,3 +115,27 @@ def test_heatmap_files_agree_with_the_predictions(real_run):
         assert feature["properties"]["classification"]["name"] in SPEC.classes[:2]
         assert feature["properties"]["measurements"]["mean probability"] >= 0.3
     json.dumps(features)  # plain JSON
+
+
+def test_a_slide_without_tissue_gets_empty_predictions_and_black_heatmaps(tmp_path):
+    from bcpath.tiling import TilingParams, tile_slide
+    from bcpath.wsi import open_slide
+    from tests.conftest import _require_shared
+
+    path = _require_shared("wsi/CMU-1-Small-Region.svs")
+    with open_slide(path, "CMU-1-Small-Region") as slide:
+        thumbnail = slide.thumbnail(MASK_MPP)
+        no_tissue = np.zeros(thumbnail.shape[:2], dtype=bool)
+        grid = tile_slide(slide, no_tissue, MASK_MPP, tmp_path / "tiles.zarr", tmp_path / "grid.parquet", None, TilingParams(mpp=2.0, tile_px=128))
+        level0_mpp = slide.mpp
+    assert grid.n_tiles == 0
+    cv2.imwrite(str(tmp_path / "thumbnail.png"), cv2.cvtColor(thumbnail, cv2.COLOR_RGB2BGR))
+    table = predict_slide(build_model(SPEC), SPEC, tmp_path / "tiles.zarr", tmp_path / "grid.parquet", device="cpu", progress=False, threads=1)
+    assert len(table) == 0 and list(table.columns) == ["patch_id", "x", "y", "x0", "y0", "p_0", "p_1", "p_2"]
+    write_predictions(table, tmp_path / "pred.parquet")
+    summary = render_heatmaps(
+        tmp_path / "pred.parquet", tmp_path / "thumbnail.png", MASK_MPP, level0_mpp,
+        tmp_path / "heat.zarr", tmp_path / "heat.png", tmp_path / "heat.geojson",
+    )
+    assert summary["n_patches"] == 0 and read_geojson(tmp_path / "heat.geojson") == []
+    assert (cv2.imread(str(tmp_path / "heat.png")) == 0).all()

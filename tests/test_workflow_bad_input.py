@@ -121,3 +121,30 @@ def test_cohort_level_errors_stop_before_running(tmp_path, sheet_text, config_ke
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert not (work / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("erpr={models: {ER: er_prod}}", "erpr.models.ER: model er_prod is not in the model registry"),
+        ("tiling={mpp: 1.0}", "model er_demo reads 2.0 µm/px but tiling.mpp is 1.0"),
+        ("erpr={enabled: true}", "model er_demo (ER) has no weights"),
+    ],
+)
+def test_erpr_configuration_errors_stop_before_running(tmp_path, config, message):
+    (tmp_path / "slides").mkdir()
+    (tmp_path / "slides/S1.svs").write_bytes(b"x")
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text("slide_id\tpath\nS1\tslides/S1.svs\n")  # no annotations: nothing can train
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_snakemake(work, "-n", "--config", f"samples={sheet}", config)
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert not (work / "results").exists()
+
+
+def test_erpr_is_skipped_with_a_note_when_nothing_can_train_it(bad_cohort):
+    _, work, result, _ = bad_cohort
+    assert "ER skipped: model er_demo has no weights" in result.stdout + result.stderr
+    assert not (work / "results/cohort/stage2").exists()
