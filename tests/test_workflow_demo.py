@@ -60,7 +60,8 @@ def test_every_demo_slide_has_all_outputs(demo_run):
         grid = pd.read_parquet(folder / "grid.parquet")
         assert len(grid) >= 4
         array = open_tiles(folder / "tiles.zarr")
-        tiles = [np.asarray(array[:, r.y : r.y + 512, r.x : r.x + 512]) for r in grid.head(3).itertuples()]
+        fullest = grid.nlargest(3, "tissue_fraction")  # edge tiles may hold as little as 10 % tissue
+        tiles = [np.asarray(array[:, r.y : r.y + 512, r.x : r.x + 512]) for r in fullest.itertuples()]
         assert all(t.shape == (3, 512, 512) and t.mean() < 235 for t in tiles)  # tissue, not glass
         with h5py.File(folder / "patches.h5") as handle:
             np.testing.assert_array_equal(handle["coords"][:], grid[["x0", "y0"]].to_numpy())
