@@ -1,6 +1,15 @@
-"""Nuclei segmentation: metrics, datasets and a classical baseline (Lagree et al. 2021)."""
+"""Nuclei segmentation: metrics, datasets, classical baselines (Lagree et al. 2021).
 
-from bcpath.nuclei.classical import segment_connected_components, segment_watershed
+The deep models (``bcpath.nuclei.unet``), their targets (``bcpath.nuclei.targets``) and losses
+(``bcpath.nuclei.losses``) import torch; import them from their modules.
+"""
+
+from bcpath.nuclei.classical import (
+    classical_baseline,
+    segment_connected_components,
+    segment_fiji,
+    segment_watershed,
+)
 from bcpath.nuclei.datasets import (
     NucleiSample,
     list_cpm15,
@@ -14,6 +23,7 @@ from bcpath.nuclei.metrics import (
     evaluate,
     mean_average_precision,
     object_scores,
+    panoptic_quality,
     pixel_dice,
 )
 
@@ -21,14 +31,17 @@ __all__ = [
     "NucleiSample",
     "aji",
     "aji_plus",
+    "classical_baseline",
     "evaluate",
     "list_cpm15",
     "list_monuseg",
     "mean_average_precision",
     "object_scores",
+    "panoptic_quality",
     "pixel_dice",
     "read_cpm15",
     "read_monuseg",
     "segment_connected_components",
+    "segment_fiji",
     "segment_watershed",
 ]
