@@ -126,17 +126,9 @@ def score_files(images: Sequence[str | Path], out: str | Path, mpp: float | None
     Raises:
         BcpathError: bad ``--mpp`` or two images with the same stem (checked before any work).
     """
-    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
-        raise BcpathError(f"--mpp {mpp}: must be a positive number of µm per pixel")
-    paths = [Path(p) for p in images]
-    stems: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in stems:
-            raise BcpathError(
-                f"image {path}: same stem as {stems[path.stem]}, both would write {path.stem}.json; "
-                "rename one or score them into different --out folders"
-            )
-        stems[path.stem] = path
+    from bcpath.io import image_inputs
+
+    paths = image_inputs(images, mpp, ".json")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     done: list[Path] = []

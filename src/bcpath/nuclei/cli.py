@@ -168,17 +168,9 @@ def predict_files(
 
     if model not in BASELINES:
         raise _model_error(model)
-    if mpp is not None and not (np.isfinite(mpp) and mpp > 0):
-        raise BcpathError(f"--mpp {mpp}: must be a positive number of µm per pixel")
-    paths = [Path(p) for p in images]
-    stems: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in stems:
-            raise BcpathError(
-                f"image {path}: same stem as {stems[path.stem]}, both would write "
-                f"{path.stem}.tif; rename one or run them into different --out folders"
-            )
-        stems[path.stem] = path
+    from bcpath.io import image_inputs
+
+    paths = image_inputs(images, mpp, ".tif")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
