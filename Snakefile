@@ -19,6 +19,7 @@ validate(config, "schemas/config.schema.yaml")
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/slides.smk"
+include: "rules/erpr_common.smk"
 include: "rules/erpr.smk"
 
 

@@ -144,10 +144,15 @@ def test_every_slide_has_predictions_and_heatmaps_for_each_model(demo_run):
     for slide in samples.index:
         folder = demo_run / "results/slides" / slide
         n_tiles = len(pd.read_parquet(folder / "grid.parquet"))
+        mask = read_mask(folder / "tissue/mask.png")
+        mask_mpp = json.loads((folder / "tissue/qc.json").read_text())["mask_mpp"]
         for model in MODELS.values():
             table = read_predictions(folder / "predictions" / f"{model}.parquet")
-            # 128-px patches, stride 128, 16 per 512-px tile, those centred on the tissue mask
-            assert 8 * n_tiles < len(table) <= 16 * n_tiles
+            # 128-px patches, stride 128: 16 per 512-px tile, kept when centred on the tissue mask
+            assert 4 * n_tiles <= len(table) <= 16 * n_tiles
+            centre_x = (table.x0.to_numpy() + 256) * 0.5 / mask_mpp  # 128 px at 2 µm/px = 512 level-0 px
+            centre_y = (table.y0.to_numpy() + 256) * 0.5 / mask_mpp
+            assert mask[centre_y.astype(int), centre_x.astype(int)].all(), (slide, model)
             np.testing.assert_allclose(table[["p_0", "p_1", "p_2"]].sum(axis=1), 1.0, atol=1e-5)
             maps, attrs = read_heatmap_zarr(folder / "heatmaps" / f"{model}.zarr")
             assert np.count_nonzero(~np.isnan(maps[0])) == len(table)
