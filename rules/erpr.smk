@@ -193,7 +193,7 @@ rule interpret_smoothgrad:
 
 rule interpret_clusters:
     input:
-        unpack(lambda wildcards: biomarker_weights(wildcards, ERPR["interpret"]["embedding_biomarker"])),
+        unpack(lambda wildcards: weights_inputs(ERPR_ACTIVE[ERPR["interpret"]["embedding_biomarker"]])),
         predictions=[p for m in ERPR_ACTIVE.values() for p in model_predictions(m)],
         tiles=slide_outputs("results/slides/{slide}/tiles.zarr"),
     output:

@@ -73,15 +73,19 @@ for _biomarker, _model_id in ERPR_MODELS.items():
 STAGE2_BIOMARKERS = [b for b in ERPR_ACTIVE if _sheet_has(b, ["positive", "negative"])]
 
 
-def stage1_weights(wildcards):
+def weights_inputs(model_id):
     """The registry's weights file, or the training rule's best.pt when the registry has none."""
-    spec = REGISTRY[wildcards.model]
+    spec = REGISTRY[model_id]
     if spec.weights is not None:
         return {"weights": str(Path(MODELS_DIR) / spec.weights)}
     return {
-        "weights": f"results/models/{wildcards.model}/best.pt",
-        "train_json": f"results/models/{wildcards.model}/train.json",
+        "weights": f"results/models/{model_id}/best.pt",
+        "train_json": f"results/models/{model_id}/train.json",
     }
+
+
+def stage1_weights(wildcards):
+    return weights_inputs(wildcards.model)
 
 
 def erpr_targets():
@@ -91,10 +95,8 @@ def erpr_targets():
     ]
 
 
-def biomarker_weights(wildcards, biomarker=None):
-    """stage1_weights of the model of a biomarker (wildcard or fixed)."""
-    model_id = ERPR_ACTIVE[biomarker or wildcards.biomarker]
-    return stage1_weights(type("W", (), {"model": model_id})())
+def biomarker_weights(wildcards):
+    return weights_inputs(ERPR_ACTIVE[wildcards.biomarker])
 
 
 def model_predictions(model_id):

@@ -32,11 +32,6 @@ from bcpath.errors import BcpathError
 logger = logging.getLogger(__name__)
 
 
-def _slide_of(predictions_path: str | os.PathLike[str]) -> str:
-    # results/slides/{slide}/predictions/{model}.parquet
-    return Path(predictions_path).parent.parent.name
-
-
 def _tiles_of(predictions_path: str | os.PathLike[str]) -> tuple[Path, Path]:
     slide_dir = Path(predictions_path).parent.parent
     return slide_dir / "tiles.zarr", slide_dir / "grid.parquet"
@@ -47,12 +42,13 @@ def cohort_predictions(predictions: Sequence[str]) -> Any:
     import pandas as pd
 
     from bcpath.erpr.inference import read_predictions
+    from bcpath.erpr.steps import slide_of
 
     frames = []
     for path in predictions:
         table = read_predictions(path)
         if len(table):
-            table.insert(0, "slide_id", _slide_of(path))
+            table.insert(0, "slide_id", slide_of(path))
             table["source"] = str(path)
             frames.append(table)
     if not frames:
@@ -163,7 +159,7 @@ def cluster_report(
     probabilities: dict[str, np.ndarray] = {}
     keys = ["slide_id", "x", "y"]
     for biomarker, paths in predictions_by_biomarker.items():
-        other = cohort_predictions(paths)
+        other = base if biomarker == embedding_biomarker else cohort_predictions(paths)
         merged = patches_table[keys].merge(other[[*keys, "p_0", "p_1", "p_2"]], on=keys, how="left")
         if merged["p_0"].isna().any():
             logger.warning("clusters: %s patches do not line up with %s's (patch size/stride differ); left out", biomarker, embedding_biomarker)
@@ -177,10 +173,12 @@ def cluster_report(
     write_json(out / "hierarchy.json", json_ready({**hierarchy, "embedding_model": spec.model_id, "biomarkers": list(probabilities)}))
     montages = out / "montages"
     montages.mkdir(parents=True, exist_ok=True)
+    members = patches_table.groupby("cluster", sort=False).head(montage_patches)  # one read pass
+    member_patches = read_patches(members, spec.patch_px)
+    member_labels = members["cluster"].to_numpy()
     for cluster in hierarchy["clusters"]:
-        members = patches_table[patches_table["cluster"] == cluster].head(montage_patches)
         write_png(montages / f"cluster_{int(cluster):02d}.png",
-                  cluster_montage(read_patches(members, spec.patch_px), np.full(len(members), cluster), cluster, montage_patches))
+                  cluster_montage(member_patches, member_labels, cluster, montage_patches))
     fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
     if len(hierarchy["clusters"]) > 1:
         dendrogram(np.asarray(hierarchy["linkage"]), labels=[str(c) for c in hierarchy["clusters"]], ax=ax)

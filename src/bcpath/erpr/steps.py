@@ -211,11 +211,10 @@ def slide_status(samples: Any, biomarker: str) -> dict[str, int | None]:
     return {str(s): STATUS_VALUES.get(optional_value(samples, s, biomarker)) for s in samples.index}
 
 
-def _patch_probabilities(predictions_path: str | os.PathLike[str]) -> np.ndarray:
-    """(N, 3) float64 (p_pos, p_neg, p_non-tumor) of one predictions parquet."""
-    from bcpath.erpr.inference import _probability_columns_of, read_predictions
+def _patch_probabilities(table: Any, predictions_path: str | os.PathLike[str]) -> np.ndarray:
+    """(N, 3) float64 (p_pos, p_neg, p_non-tumor) of one slide's predictions table."""
+    from bcpath.erpr.inference import _probability_columns_of
 
-    table = read_predictions(predictions_path)
     columns = _probability_columns_of(table.columns)
     if len(columns) != 3:
         raise BcpathError(
@@ -225,9 +224,15 @@ def _patch_probabilities(predictions_path: str | os.PathLike[str]) -> np.ndarray
     return table[columns].to_numpy(dtype=np.float64)
 
 
-def _slide_of(predictions_path: str) -> str:
-    # results/slides/{slide}/predictions/{model}.parquet
+def slide_of(predictions_path: str | os.PathLike[str]) -> str:
+    """The slide id of ``results/slides/{slide}/predictions/{model}.parquet``."""
     return Path(predictions_path).parent.parent.name
+
+
+def _has_split(samples: Any) -> bool:
+    from bcpath.cohort import optional_value
+
+    return "split" in samples.columns and any(optional_value(samples, s, "split") for s in samples.index)
 
 
 def train_stage2(
@@ -258,21 +263,22 @@ def train_stage2(
     import pandas as pd
 
     from bcpath.cohort import optional_value, read_sample_sheet
+    from bcpath.erpr.inference import read_predictions
     from bcpath.erpr.stage2 import fit_stage2, paper_defaults, tune_stage2
     from bcpath.io import atomic_path
 
     samples = read_sample_sheet(samples_path, check_files=False)
     status = slide_status(samples, biomarker)
-    has_split = "split" in samples.columns and any(optional_value(samples, s, "split") for s in samples.index)
+    has_split = _has_split(samples)
     used_ids, probs, labels = [], [], []
     for path in predictions:
-        slide = _slide_of(path)
+        slide = slide_of(path)
         if slide not in status or status[slide] is None:
             continue
         if has_split and optional_value(samples, slide, "split") not in ("train", "tune"):
             continue
         used_ids.append(slide)
-        probs.append(_patch_probabilities(path))
+        probs.append(_patch_probabilities(read_predictions(path), path))
         labels.append(status[slide])
     y = np.asarray(labels, dtype=np.int64)
     if len(y) == 0 or y.min() == y.max():
@@ -349,13 +355,14 @@ def evaluate_stage2(
     model = Stage2Model.load_json(model_json)
     samples = read_sample_sheet(samples_path, check_files=False)
     status = slide_status(samples, biomarker)
-    has_split = "split" in samples.columns and any(optional_value(samples, s, "split") for s in samples.index)
+    has_split = _has_split(samples)
     rows = []
     patch_labels: list[np.ndarray] = []
     patch_scores: list[np.ndarray] = []
     for path in predictions:
-        slide = _slide_of(path)
-        probs = _patch_probabilities(path)
+        slide = slide_of(path)
+        table = read_predictions(path)
+        probs = _patch_probabilities(table, path)
         split = optional_value(samples, slide, "split") if slide in samples.index else None
         feats = slide_features(probs, model.spec.threshold, model.spec.n_bins)
         rows.append(
@@ -374,7 +381,6 @@ def evaluate_stage2(
         annotations = optional_value(samples, slide, "annotations") if slide in samples.index else None
         evaluated = (split == "test") if has_split else True
         if evaluated and annotations and len(probs):
-            table = read_predictions(path)
             meta = table.attrs.get("bcpath", {})
             side = float(meta["patch_px"]) * float(meta["level0_px_per_px"])
             labels = label_patches(read_geojson(annotations), biomarker, table["x0"], table["y0"], side)
