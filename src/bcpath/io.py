@@ -94,28 +94,3 @@ def _json_default(value: Any) -> Any:
         return os.fspath(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
-
-def image_inputs(images: Any, mpp: float | None, output_suffix: str) -> list[Path]:
-    """Check a command line's image arguments before any work: ``--mpp`` (when given) is a
-    positive number and no two images share a file stem (each writes ``<stem><output_suffix>``).
-
-    Returns:
-        The images as paths, in order.
-
-    Raises:
-        BcpathError: a bad ``--mpp`` or two images with the same stem.
-    """
-    from bcpath.errors import BcpathError
-
-    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
-        raise BcpathError(f"--mpp {mpp}: must be a positive number of µm per pixel")
-    paths = [Path(p) for p in images]
-    stems: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in stems:
-            raise BcpathError(
-                f"image {path}: same stem as {stems[path.stem]}, both would write "
-                f"{path.stem}{output_suffix}; rename one or use different --out folders"
-            )
-        stems[path.stem] = path
-    return paths

@@ -35,45 +35,16 @@ CELL_COLUMNS = ("x", "y", "dab_od_mean", "class")
 
 
 def read_ihc_image(path: str | Path) -> NDArray[np.uint8]:
-    """(H, W, 3) uint8 RGB of an IHC image file (TIFF via tifffile, others via Pillow).
-
-    RGBA is composited on white; 16-bit is scaled by 255 / 65535. A one-channel image is
-    returned as (H, W) so that scoring can refuse it with its own message.
+    """(H, W, 3) uint8 RGB of an IHC image file (:func:`bcpath.images.read_uint8_image`: RGBA
+    composited on white, 16-bit scaled). A one-channel image is returned as (H, W) so that
+    scoring can refuse it with its own message.
 
     Raises:
         BcpathError: missing or unreadable file, unsupported shape or pixel type.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise BcpathError(f"image {path}: file not found; check the path")
-    try:
-        if path.suffix.lower() in {".tif", ".tiff"}:
-            import tifffile
+    from bcpath.images import read_uint8_image
 
-            image = np.asarray(tifffile.imread(path))
-        else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                image = np.asarray(im.convert("RGBA") if im.mode in {"P", "LA", "PA"} else im)
-    except Exception as error:  # tifffile / Pillow raise many types on corrupt files
-        raise BcpathError(f"image {path}: cannot be read ({error}); give an RGB TIFF or PNG/JPEG file") from error
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if image.dtype == np.uint16:
-        image = np.rint(image.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
-    elif image.dtype == np.bool_:
-        image = image.astype(np.uint8) * 255
-    if image.dtype != np.uint8:
-        raise BcpathError(f"image {path}: pixel type {image.dtype}; save it as 8- or 16-bit RGB")
-    if image.ndim == 2:
-        return np.ascontiguousarray(image)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise BcpathError(f"image {path}: shape {image.shape} is not (H, W, 3) RGB; give a single-page RGB image")
-    if image.shape[2] == 4:
-        alpha = image[..., 3:].astype(np.float64) / 255.0
-        image = np.rint(image[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-    return np.ascontiguousarray(image)
+    return read_uint8_image(path)
 
 
 def _json_ready(value: Any) -> Any:
@@ -92,7 +63,7 @@ def _json_ready(value: Any) -> Any:
 def score_one(path: Path, out: Path, mpp: float | None, stains: str) -> dict[str, Any]:
     """Score one image file and write its ``.cells.csv`` and ``.json``; returns the summary."""
     from bcpath.ihc.score import score_core
-    from bcpath.nuclei.cli import MPP_RANGE, image_mpp
+    from bcpath.images import MPP_RANGE, image_mpp
 
     rgb = read_ihc_image(path)
     image_um = mpp if mpp is not None else image_mpp(path)
@@ -126,7 +97,7 @@ def score_files(images: Sequence[str | Path], out: str | Path, mpp: float | None
     Raises:
         BcpathError: bad ``--mpp`` or two images with the same stem (checked before any work).
     """
-    from bcpath.io import image_inputs
+    from bcpath.images import image_inputs
 
     paths = image_inputs(images, mpp, ".json")
     out = Path(out)

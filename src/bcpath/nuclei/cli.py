@@ -33,6 +33,7 @@ import tifffile
 from numpy.typing import NDArray
 
 from bcpath.errors import BcpathError
+from bcpath.images import MPP_RANGE, image_mpp, read_array, read_uint8_image
 
 __all__ = [
     "EVALUATE_COLUMNS",
@@ -59,93 +60,16 @@ EVALUATE_COLUMNS: tuple[str, ...] = (
     "recall_0.7",
     "pq",
 )
-# µm/px outside this range in a file is a placeholder (e.g. 72 dpi = 353 µm/px), not a scan.
-MPP_RANGE = (0.05, 20.0)
-_UM_PER_UNIT = {2: 25_400.0, 3: 10_000.0, 4: 1_000.0, 5: 1.0}  # TIFF ResolutionUnit -> µm
-
-
-def _read_array(path: Path) -> NDArray[np.generic]:
-    """Pixels of a TIFF (tifffile) or any OpenCV-readable file, channels as RGB(A)."""
-    if not path.is_file():
-        raise BcpathError(f"image {path}: file not found; check the path")
-    try:
-        if path.suffix.lower() in {".tif", ".tiff"}:
-            return np.asarray(tifffile.imread(path))
-        import cv2
-
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    except Exception as error:  # tifffile / OpenCV raise many types on corrupt files
-        raise BcpathError(f"image {path}: cannot be read ({error}); check the file") from error
-    if image is None:
-        raise BcpathError(f"image {path}: cannot be read; give a TIFF or PNG file")
-    if image.ndim == 3 and image.shape[2] == 3:
-        image = image[..., ::-1]  # BGR -> RGB
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = image[..., [2, 1, 0, 3]]  # BGRA -> RGBA
-    return np.ascontiguousarray(image)
-
-
 def read_rgb_for_segmentation(path: str | Path) -> NDArray[np.uint8]:
     """(H, W, 3) uint8 RGB of an H&E image file; RGBA and 16-bit converted (module docstring)."""
-    path = Path(path)
-    image = _read_array(path)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
+    image = read_uint8_image(path)
     if image.ndim == 2:
         raise BcpathError(
             f"image {path}: grayscale {image.shape}; the nuclei baselines need an RGB H&E image "
             "(they threshold the hematoxylin channel of a colour deconvolution); give the "
             "colour image"
         )
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise BcpathError(
-            f"image {path}: shape {image.shape} is not (H, W, 3) RGB or (H, W, 4) RGBA; "
-            "give a single-page H&E image"
-        )
-    if image.dtype == np.uint16:
-        scaled = image.astype(np.float64) * (255.0 / 65535.0)
-    elif image.dtype == np.uint8:
-        scaled = image.astype(np.float64)
-    else:
-        raise BcpathError(
-            f"image {path}: pixel type {image.dtype}; save it as 8- or 16-bit unsigned RGB"
-        )
-    if scaled.shape[2] == 4:  # composite on white
-        alpha = scaled[..., 3:] / 255.0
-        scaled = scaled[..., :3] * alpha + 255.0 * (1.0 - alpha)
-    return np.ascontiguousarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
-
-
-def image_mpp(path: str | Path) -> float | None:
-    """µm/px from a TIFF's XResolution + ResolutionUnit (or ImageJ ``unit=micron``); else None.
-
-    Values outside :data:`MPP_RANGE` are ignored (placeholder resolutions such as 72 dpi).
-    """
-    path = Path(path)
-    if path.suffix.lower() not in {".tif", ".tiff"}:
-        return None
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages.first
-            xres = page.tags.get("XResolution")
-            unit_tag = page.tags.get("ResolutionUnit")
-            unit = int(unit_tag.value) if unit_tag is not None else 2  # TIFF default: inch
-            imagej = tif.imagej_metadata or {}
-    except Exception as error:
-        raise BcpathError(f"image {path}: cannot be read ({error}); check the file") from error
-    if xres is None:
-        return None
-    numerator, denominator = xres.value
-    px_per_unit = numerator / denominator if denominator else 0.0
-    if px_per_unit <= 0:
-        return None
-    um_per_unit = _UM_PER_UNIT.get(unit)
-    if um_per_unit is None and str(imagej.get("unit", "")).lower() in {"micron", "µm", "um"}:
-        um_per_unit = 1.0
-    if um_per_unit is None:
-        return None
-    mpp = um_per_unit / px_per_unit
-    return mpp if MPP_RANGE[0] <= mpp <= MPP_RANGE[1] else None
+    return image
 
 
 def _model_error(model: str) -> BcpathError:
@@ -168,7 +92,7 @@ def predict_files(
 
     if model not in BASELINES:
         raise _model_error(model)
-    from bcpath.io import image_inputs
+    from bcpath.images import image_inputs
 
     paths = image_inputs(images, mpp, ".tif")
     out = Path(out)
@@ -199,7 +123,7 @@ def predict_files(
 def read_label_image(path: str | Path) -> NDArray[np.int64]:
     """(H, W) instance labels of a TIFF or PNG (0 = background)."""
     path = Path(path)
-    labels = _read_array(path)
+    labels = read_array(path)
     if labels.ndim == 3 and labels.shape[2] == 1:
         labels = labels[..., 0]
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):

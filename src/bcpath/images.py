@@ -1,0 +1,128 @@
+"""Image files given on the command line: pixels as 8-bit RGB, and µm/px from TIFF tags.
+
+Shared by ``bcpath nuclei predict`` and ``bcpath ihc score``. TIFFs are read with tifffile,
+other formats with OpenCV; RGBA is composited on white and 16-bit scaled by 255 / 65535 over the
+full range (not stretched to the image's own min/max, which would change optical densities).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+from numpy.typing import NDArray
+
+from bcpath.errors import BcpathError
+
+# µm/px outside this range in a file is a placeholder (e.g. 72 dpi = 353 µm/px), not a scan.
+MPP_RANGE = (0.05, 20.0)
+_UM_PER_UNIT = {2: 25_400.0, 3: 10_000.0, 4: 1_000.0, 5: 1.0}  # TIFF ResolutionUnit -> µm
+
+
+def read_array(path: Path) -> NDArray[np.generic]:
+    """Pixels of a TIFF (tifffile) or any OpenCV-readable file, channels as RGB(A)."""
+    if not path.is_file():
+        raise BcpathError(f"image {path}: file not found; check the path")
+    try:
+        if path.suffix.lower() in {".tif", ".tiff"}:
+            return np.asarray(tifffile.imread(path))
+        import cv2
+
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except Exception as error:  # tifffile / OpenCV raise many types on corrupt files
+        raise BcpathError(f"image {path}: cannot be read ({error}); check the file") from error
+    if image is None:
+        raise BcpathError(f"image {path}: cannot be read; give a TIFF or PNG file")
+    if image.ndim == 3 and image.shape[2] == 3:
+        image = image[..., ::-1]  # BGR -> RGB
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = image[..., [2, 1, 0, 3]]  # BGRA -> RGBA
+    return np.ascontiguousarray(image)
+
+
+def read_uint8_image(path: str | Path) -> NDArray[np.uint8]:
+    """An image file as uint8: (H, W, 3) RGB, or (H, W) for a one-channel image (callers that
+    need colour refuse it with their own message). RGBA is composited on white, 16-bit and
+    boolean images scaled to 0-255.
+
+    Raises:
+        BcpathError: missing or unreadable file, unsupported shape or pixel type.
+    """
+    path = Path(path)
+    image = read_array(path)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise BcpathError(
+            f"image {path}: shape {image.shape} is not (H, W, 3) RGB or (H, W, 4) RGBA; "
+            "give a single-page RGB image"
+        )
+    if image.dtype == np.uint16:
+        scaled = image.astype(np.float64) * (255.0 / 65535.0)
+    elif image.dtype in (np.uint8, np.bool_):
+        scaled = image.astype(np.float64) * (255.0 if image.dtype == np.bool_ else 1.0)
+    else:
+        raise BcpathError(f"image {path}: pixel type {image.dtype}; save it as 8- or 16-bit unsigned RGB")
+    if scaled.ndim == 3 and scaled.shape[2] == 4:  # composite on white
+        alpha = scaled[..., 3:] / 255.0
+        scaled = scaled[..., :3] * alpha + 255.0 * (1.0 - alpha)
+    return np.ascontiguousarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+
+
+def image_mpp(path: str | Path) -> float | None:
+    """µm/px from a TIFF's XResolution + ResolutionUnit (or ImageJ ``unit=micron``); else None.
+
+    Values outside :data:`MPP_RANGE` are ignored (placeholder resolutions such as 72 dpi).
+    """
+    path = Path(path)
+    if path.suffix.lower() not in {".tif", ".tiff"}:
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            xres = page.tags.get("XResolution")
+            unit_tag = page.tags.get("ResolutionUnit")
+            unit = int(unit_tag.value) if unit_tag is not None else 2  # TIFF default: inch
+            imagej = tif.imagej_metadata or {}
+    except Exception as error:
+        raise BcpathError(f"image {path}: cannot be read ({error}); check the file") from error
+    if xres is None:
+        return None
+    numerator, denominator = xres.value
+    px_per_unit = numerator / denominator if denominator else 0.0
+    if px_per_unit <= 0:
+        return None
+    um_per_unit = _UM_PER_UNIT.get(unit)
+    if um_per_unit is None and str(imagej.get("unit", "")).lower() in {"micron", "µm", "um"}:
+        um_per_unit = 1.0
+    if um_per_unit is None:
+        return None
+    mpp = um_per_unit / px_per_unit
+    return mpp if MPP_RANGE[0] <= mpp <= MPP_RANGE[1] else None
+
+
+def image_inputs(images: Any, mpp: float | None, output_suffix: str) -> list[Path]:
+    """Check a command line's image arguments before any work: ``--mpp`` (when given) is a
+    positive number and no two images share a file stem (each writes ``<stem><output_suffix>``).
+
+    Returns:
+        The images as paths, in order.
+
+    Raises:
+        BcpathError: a bad ``--mpp`` or two images with the same stem.
+    """
+    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
+        raise BcpathError(f"--mpp {mpp}: must be a positive number of µm per pixel")
+    paths = [Path(p) for p in images]
+    stems: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in stems:
+            raise BcpathError(
+                f"image {path}: same stem as {stems[path.stem]}, both would write "
+                f"{path.stem}{output_suffix}; rename one or use different --out folders"
+            )
+        stems[path.stem] = path
+    return paths
