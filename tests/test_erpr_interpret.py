@@ -29,40 +29,17 @@ from bcpath.erpr.interpret import (
 )
 from bcpath.errors import BcpathError
 from bcpath.models.registry import ModelSpec, build_model
+from tests.model_specs import test_spec
 
 P = 32
 
 
 def _spec(architecture: str, mean: float = 0.5, std: float = 0.5) -> ModelSpec:
-    return ModelSpec(
-        model_id="tiny",
-        architecture=architecture,
-        classes=("positive", "negative", "non-tumor"),
-        mpp=2.0,
-        patch_px=P,
-        mean=(mean, mean, mean),
-        std=(std, std, std),
-        weights=None,
-        sha256=None,
-        licence="MIT",
-        training_command="none (test)",
-    )
+    return test_spec(P, architecture=architecture, mean=(mean, mean, mean), std=(std, std, std))
 
 
 TOY = _spec("toy")  # normalised value = pixel / 127.5 − 1
-RESNET = ModelSpec(
-    model_id="tiny-resnet",
-    architecture="resnet18",
-    classes=("positive", "negative", "non-tumor"),
-    mpp=2.0,
-    patch_px=P,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-    weights=None,
-    sha256=None,
-    licence="MIT",
-    training_command="none (test)",
-)
+RESNET = test_spec(P, model_id="tiny-resnet")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -17,14 +17,10 @@ from bcpath.erpr.interpret_steps import (
     smoothgrad_report,
     tcav_report,
 )
-from bcpath.models.registry import ModelSpec, build_model
+from bcpath.models.registry import build_model
+from tests.model_specs import test_spec
 
-SPEC = ModelSpec(
-    model_id="tiny", architecture="resnet18",
-    classes=("ER-positive invasive carcinoma", "ER-negative invasive carcinoma", "non-tumor"),
-    mpp=2.0, patch_px=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-    weights=None, sha256=None, licence="MIT", training_command="none (test)",
-)
+SPEC = test_spec(64, classes=("ER-positive invasive carcinoma", "ER-negative invasive carcinoma", "non-tumor"))
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,12 @@ from bcpath.erpr.heatmaps import read_heatmap_zarr
 from bcpath.erpr.inference import predict_slide, read_predictions, write_predictions
 from bcpath.erpr.steps import render_heatmaps
 from bcpath.geojson import read_geojson
-from bcpath.models.registry import ModelSpec, build_model
+from bcpath.models.registry import build_model
+from tests.model_specs import test_spec
 
-SPEC = ModelSpec(
-    model_id="real_slide_check", architecture="resnet18",
+SPEC = test_spec(
+    128, model_id="real_slide_check",
     classes=("ER-positive invasive carcinoma", "ER-negative invasive carcinoma", "non-tumor"),
-    mpp=2.0, patch_px=128, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-    weights=None, sha256=None, licence="MIT", training_command="none (test)",
 )
 MASK_MPP = 8.0
 

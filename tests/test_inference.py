@@ -27,21 +27,10 @@ from bcpath.erpr.inference import (
 )
 from bcpath.errors import BcpathError
 from bcpath.models.registry import ModelSpec, build_model
+from tests.model_specs import test_spec
 
 TILE = 128
-SPEC = ModelSpec(
-    model_id="tiny",
-    architecture="resnet18",
-    classes=("positive", "negative", "non-tumor"),
-    mpp=2.0,
-    patch_px=TILE,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-    weights=None,
-    sha256=None,
-    licence="MIT",
-    training_command="none (test)",
-)
+SPEC = test_spec(TILE)
 
 
 @pytest.fixture(scope="module")

@@ -31,24 +31,13 @@ from bcpath.erpr.training import (
 )
 from bcpath.errors import BcpathError
 from bcpath.geojson import read_geojson, write_geojson
-from bcpath.models.registry import ModelSpec, build_model, load_weights
+from bcpath.models.registry import build_model, load_weights
 from bcpath.wsi import open_slide
+from tests.model_specs import test_spec
 
 SMALL = (2400, 1800)
 PATCH_PX = 64
-SPEC = ModelSpec(
-    model_id="tiny",
-    architecture="resnet18",
-    classes=("ER-positive tumor", "ER-negative tumor", "non-tumor"),
-    mpp=2.0,
-    patch_px=PATCH_PX,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-    weights=None,
-    sha256=None,
-    licence="MIT",
-    training_command="none (test)",
-)
+SPEC = test_spec(PATCH_PX, classes=("ER-positive tumor", "ER-negative tumor", "non-tumor"))
 TINY = TrainConfig(epochs=2, batch_size=8, lr=1e-3, patience=5, patches_per_class_per_slide=4, seed=3, threads=2)
 
 
