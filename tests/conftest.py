@@ -39,3 +39,15 @@ def require_shared():
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture
+def torch_one_thread():
+    """One torch thread and seed 0 for the test (2-core machines: 2 threads oversubscribe)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)

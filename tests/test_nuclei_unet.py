@@ -26,14 +26,7 @@ from bcpath.nuclei.unet import (
     nuclei_model_names,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # Encoder channels at strides (1,) 2, 4, 8, 16, 32, worked out from the torchvision architectures.

@@ -2,6 +2,9 @@
 
     bcpath nuclei predict --model {otsu,watershed,fiji} [--mpp 0.25] IMAGE... --out DIR
     bcpath nuclei evaluate --pred DIR --truth DIR [--out table.csv]
+    bcpath nuclei train --data DIR [DIR...] --out DIR [--epochs N --encoder NAME ...]
+
+``--model`` of ``predict`` may also be a trained model (``train``'s output folder or its best.pt).
 
 ``predict`` writes ``DIR/<stem>.tif``: uint16 instance labels (0 = background), H × W of the input.
 µm/px comes from ``--mpp``, else from the TIFF resolution tags (or ImageJ's ``unit=micron``),
@@ -84,14 +87,20 @@ def _model_error(model: str) -> BcpathError:
 def predict_files(
     images: Sequence[str | Path], out: str | Path, model: str, mpp: float | None = None
 ) -> list[Path]:
-    """Segment each image with a classical baseline; write ``out/<stem>.tif`` (uint16 labels).
+    """Segment each image with a classical baseline, or a trained model (a ``bcpath nuclei
+    train`` output folder or its ``best.pt``); write ``out/<stem>.tif`` (uint16 labels).
 
     ``mpp``: µm/px of every image; None reads it from each file. Returns the written paths.
     """
     from bcpath.nuclei.classical import BASELINES, classical_baseline
 
+    trained = None
     if model not in BASELINES:
-        raise _model_error(model)
+        if not Path(model).exists():
+            raise _model_error(model)
+        from bcpath.nuclei.training import load_nuclei_model
+
+        trained = load_nuclei_model(model)  # a `bcpath nuclei train` folder or its best.pt
     from bcpath.images import image_inputs
 
     paths = image_inputs(images, mpp, ".tif")
@@ -107,7 +116,12 @@ def predict_files(
                 f"{MPP_RANGE[0]}-{MPP_RANGE[1]} µm/px); give it with --mpp, "
                 "e.g. --mpp 0.25 for 40x or 0.5 for 20x"
             )
-        labels = classical_baseline(model, rgb, image_um)
+        if trained is not None:
+            from bcpath.nuclei.training import predict_instances
+
+            labels = predict_instances(trained, rgb, image_um)
+        else:
+            labels = classical_baseline(model, rgb, image_um)
         if int(labels.max()) > np.iinfo(np.uint16).max:
             raise BcpathError(
                 f"image {path}: {int(labels.max())} nuclei do not fit uint16 labels; "
@@ -231,7 +245,10 @@ def add_nuclei_subparser(sub: argparse._SubParsersAction) -> None:  # type: igno
 
     predict = actions.add_parser("predict", help="segment nuclei; write DIR/<stem>.tif uint16 instance labels")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="H&E image(s): TIFF or PNG, RGB(A), 8/16-bit")
-    predict.add_argument("--model", required=True, help=f"classical baseline: {', '.join(BASELINES)}")
+    predict.add_argument(
+        "--model", required=True,
+        help=f"classical baseline ({', '.join(BASELINES)}) or a trained model folder / best.pt",
+    )
     predict.add_argument("--mpp", type=float, help="µm/px of the images (default: from the TIFF tags)")
     predict.add_argument("--out", required=True, help="output folder")
     predict.set_defaults(func=_cmd_predict)
@@ -241,3 +258,64 @@ def add_nuclei_subparser(sub: argparse._SubParsersAction) -> None:  # type: igno
     evaluate.add_argument("--truth", required=True, help="folder of ground-truth label images (<stem>.tif/.png)")
     evaluate.add_argument("--out", help="also write the table as CSV here")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    add_train_subparser(actions)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from bcpath.nuclei.training import train_nuclei_model
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    meta = train_nuclei_model(
+        args.data,
+        args.out,
+        encoder=args.encoder,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        seed=args.seed,
+        pretrained_encoder=args.pretrained_encoder,
+        device=args.device,
+        model_mpp=args.model_mpp,
+        val_organs=args.val_organs,
+        val_names=args.val_names,
+        stain_normalisation=not args.no_stain_normalisation,
+        plain_base=args.plain_base,
+        max_minutes=args.max_minutes,
+    )
+    m = meta["validation"]["mean"]
+    print(
+        f"{meta['epochs_run']} epochs (best {meta['best_epoch']}), threshold {meta['threshold']:g}; "
+        f"validation AJI {m['aji']:.4f} mAP {m['map']:.4f} PQ {m['pq']:.4f} F1@0.5 {m['f1_0.5']:.4f}; "
+        f"model in {args.out}"
+    )
+    return 0
+
+
+def add_train_subparser(actions: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``bcpath nuclei train`` on the ``nuclei`` sub-command's ``actions``."""
+    from bcpath.nuclei.training import DEFAULT_VAL_NAMES, DEFAULT_VAL_ORGANS, MODEL_MPP
+
+    train = actions.add_parser("train", help="train a 3-class nuclei U-Net (Lagree et al. 2021)")
+    train.add_argument("--data", nargs="+", required=True, metavar="DIR", help="MoNuSeg- or CPM-15-layout folders")
+    train.add_argument("--out", required=True, help="output folder (best.pt, last.pt, train.json, log.csv, stain.json)")
+    train.add_argument("--encoder", default="plain", help="'plain' (small from-scratch U-Net) or a torchvision encoder, e.g. resnet18")
+    train.add_argument("--pretrained-encoder", help="local encoder state_dict (never downloaded)")
+    train.add_argument("--epochs", type=int, default=50)
+    train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument("--lr", type=float, default=1e-4)
+    train.add_argument("--patience", type=int, default=10, help="early-stopping patience (epochs) on validation loss")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="cpu")
+    train.add_argument("--model-mpp", type=float, default=MODEL_MPP, help=f"µm/px images are resampled to (default {MODEL_MPP})")
+    train.add_argument("--val-organs", nargs="*", default=list(DEFAULT_VAL_ORGANS), help="organs held out for validation")
+    train.add_argument("--val-names", nargs="*", default=list(DEFAULT_VAL_NAMES), help="image names held out for validation")
+    train.add_argument("--no-stain-normalisation", action="store_true")
+    train.add_argument("--plain-base", type=int, default=16, help="first-level width of the plain U-Net")
+    train.add_argument("--max-minutes", type=float, help="stop after the epoch passing this wall time")
+    train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.set_defaults(func=_cmd_train)

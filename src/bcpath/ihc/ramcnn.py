@@ -1,0 +1,750 @@
+"""RAM-CNN: H-Score regression from stain-intensity images (Liu et al. 2019, IEEE TMI 38(2)).
+
+Liu et al. predict the H-Score (0-300) of a TMA core directly from two images:
+
+- **SINI** (stain intensity nuclei image) = ``I_la x G``: the stain-intensity image
+  (:func:`bcpath.ihc.deconvolution.stain_intensity_image`, LAMT-based, in [0, 1]) inside the
+  nuclei mask G;
+- **SITI** (stain intensity tumour image) = ``I_la x T``: the same inside the tumour mask T.
+
+Masks. The paper takes G and T from two fully convolutional networks (all nuclei; tumour
+nuclei). bcpath has neither network: :func:`sini_siti` takes G from the classical nuclei
+segmentation of :func:`bcpath.ihc.cells.detect_cells` (hematoxylin + DAB OD, watershed split)
+when the caller gives no nuclei mask, and T from the caller (tumour annotations), or the whole
+tissue (summed OD > ``TISSUE_OD``) when there is none. Pixels outside a mask are 0.
+
+Network (:class:`RamCnn`). Two columns with independent weights, one per input, each two
+conv-ReLU-maxpool blocks; their feature maps are concatenated after the second block and go
+through two more conv blocks, an adaptive average pool (so any input of at least 64 px works)
+and two fully connected layers (ReLU) to one linear output. The network regresses ``H / 300``;
+:func:`predict_h_score` returns H-Score points (0-300, clipped). Channel widths are modest
+(16/32 per column, 64 after fusion; ~0.22 M parameters) so that CPU training is practical; the
+paper's exact widths are not reproduced.
+
+Training (:func:`train_ramcnn`). MSE loss on ``H / 300``, Adam (lr 1e-3), images resized to
+``size`` x ``size`` (area interpolation; the paper used 512). Augmentation on the fly, applied
+identically to SINI and SITI (they travel as the two channels of one tensor):
+a random multiple of 90° rotation, on half of the samples a small rotation (uniform in
+±``max_angle``, 10°; bilinear), and a whole-pixel shift of up to ``max_shift`` (10%) of the side
+along each axis, zeros (= outside the masks) filling in (:func:`augment_batch`).
+
+Distributed label augmentation (DLA). Each training core appears ``n_dla_labels`` times per
+epoch, each copy with its own label drawn once, before training, from
+``N(reference H-Score, dla_sigma^2)``. **Unit of σ: H-Score points on the 0-300 scale.** The
+paper's labels are H-Scores (0-300) and it gives σ = 0.9 without saying that the labels were
+rescaled, so bcpath reads it as 0.9 H-Score points (0.003 after the internal /300 scaling). The
+other readings do not survive a check: on a 0-3 scale 0.9 would be 90 H-Score points, on a 0-1
+scale 270, label noise larger than the inter-observer differences the paper reports and a large
+part of the whole range. (This reading rests on the paper's label scale; the paper's text on DLA
+was not re-checked when this was written.) With σ = 0.9 (the default, ``PAPER_DLA_SIGMA``) DLA
+acts mostly as oversampling: each core n times per epoch with a fresh augmentation. Larger
+values (5-15 points, about the rounding of manual H-Scores) are a reasonable choice; the unit
+stays H-Score points. Labels are not clipped to [0, 300], so their mean stays the reference (a
+core at 0 gets labels on both sides).
+
+Evaluation (:func:`leave_k_out_cv`): leave-5-out cross-validation as the paper's (folds of
+``k`` held-out cores, the last possibly smaller, from a seeded permutation), scored with
+:func:`h_score_metrics` (MAE, SD of the absolute error, Pearson r), which also compares two
+human readers.
+
+Files (:func:`save_ramcnn` / :func:`load_ramcnn`): ``ramcnn.pt`` (state_dict, loads with
+``torch.load(weights_only=True)``) and ``ramcnn.json`` (architecture, input size,
+normalisation, sha256 of ramcnn.pt, training settings, CV metrics); loading checks the sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+from bcpath.errors import BcpathError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+#: H-Score range; the network regresses H / H_SCORE_MAX.
+H_SCORE_MAX = 300.0
+#: The paper's DLA standard deviation, in H-Score points (see the module docstring).
+PAPER_DLA_SIGMA = 0.9
+#: Smallest input side the network accepts (four halvings leave 4 px).
+MIN_SIZE = 64
+WEIGHTS_NAME = "ramcnn.pt"
+META_NAME = "ramcnn.json"
+NORMALISATION = "inputs: I_la x mask in [0, 1] (0 outside the mask), resized to size x size (area); target: H-Score / 300"
+
+#: One training core: (sini, siti, reference H-Score, core id).
+Core = tuple[np.ndarray, np.ndarray, float, Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def sini_siti(
+    rgb: np.ndarray,
+    nuclei_mask: np.ndarray | None,
+    tumor_mask: np.ndarray | None,
+    stains: str = "liu2019",
+    *,
+    mpp: float | None = None,
+    white: float | np.ndarray | str = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
+    """SINI and SITI of one core: ``I_la x G`` and ``I_la x T``.
+
+    Args:
+        rgb: (H, W, 3) uint8 RGB DAB + hematoxylin image (alpha dropped).
+        nuclei_mask: (H, W) nuclei mask G (bool, or a label image: > 0 is nucleus). None =
+            segment with :func:`bcpath.ihc.cells.detect_cells` (needs ``mpp``): the paper used
+            a nuclei FCN, bcpath its classical hematoxylin(+DAB)-OD segmentation.
+        tumor_mask: (H, W) bool tumour mask T from the caller (tumour annotations); None = the
+            whole tissue (summed OD > ``bcpath.ihc.score.TISSUE_OD``).
+        stains: stain vectors for LAMT and the segmentation, "liu2019" or "qupath".
+        mpp: µm/px, only needed when ``nuclei_mask`` is None.
+        white: I0 for optical density: "auto" (estimated from the image, as
+            :func:`bcpath.ihc.score.score_core`), a number or a (3,) per-channel white.
+
+    Returns:
+        (sini, siti): two (H, W) float32 arrays in [0, 1], 0 outside their mask.
+
+    Raises:
+        BcpathError: not an (H, W, 3) image, masks of another size, no mask and no mpp.
+    """
+    from bcpath.ihc.deconvolution import (
+        estimate_white,
+        get_stain_vectors,
+        rgb_to_od,
+        stain_intensity_image,
+    )
+
+    arr = np.asarray(rgb)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise BcpathError(f"SINI/SITI: image shape {arr.shape} is not (H, W, 3) RGB; give an RGB image")
+    arr = np.ascontiguousarray(arr[..., :3])
+    shape = arr.shape[:2]
+    try:
+        sv = get_stain_vectors(stains)
+    except ValueError as exc:
+        raise BcpathError(f"SINI/SITI: {exc}") from exc
+    if isinstance(white, str):
+        if white != "auto":
+            raise BcpathError(f"SINI/SITI: white must be 'auto', a number or a (3,) array, got {white!r}")
+        i0: float | np.ndarray = estimate_white(arr)
+    else:
+        i0 = np.asarray(white, dtype=np.float64)
+    if nuclei_mask is None:
+        if mpp is None or not (math.isfinite(mpp) and mpp > 0):
+            raise BcpathError("SINI/SITI: no nuclei mask and no µm/px; give nuclei_mask, or mpp= to segment the nuclei")
+        from bcpath.ihc.cells import detect_cells
+
+        g = detect_cells(arr, mpp, stains=sv, white=i0).nuclei > 0
+    else:
+        g = np.asarray(nuclei_mask) > 0
+    if tumor_mask is None:
+        from bcpath.ihc.score import TISSUE_OD
+
+        t = rgb_to_od(arr, i0).sum(axis=-1) > TISSUE_OD
+    else:
+        t = np.asarray(tumor_mask).astype(bool)
+    for name, mask in (("nuclei", g), ("tumour", t)):
+        if mask.shape != shape:
+            raise BcpathError(f"SINI/SITI: {name} mask {mask.shape} differs from the image {shape}; give a mask of the image's size")
+    ila = stain_intensity_image(arr, stains=sv, i0=i0)
+    return (ila * g).astype(np.float32), (ila * t).astype(np.float32)
+
+
+def resize_input(image: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) float image resized to (size, size) float32 (area interpolation when shrinking)."""
+    import cv2
+
+    x = np.asarray(image, dtype=np.float32)
+    if x.shape == (size, size):
+        return x.copy()
+    interp = cv2.INTER_AREA if min(x.shape) >= size else cv2.INTER_LINEAR
+    return cv2.resize(x, (size, size), interpolation=interp).astype(np.float32)
+
+
+def _check_pair(sini: np.ndarray, siti: np.ndarray, what: str) -> None:
+    s, t = np.asarray(sini), np.asarray(siti)
+    if s.ndim != 2 or t.ndim != 2 or s.shape != t.shape:
+        raise BcpathError(f"{what}: SINI {s.shape} and SITI {t.shape} must be 2-D arrays of one shape; give the pair from sini_siti")
+    if s.shape[0] != s.shape[1]:
+        raise BcpathError(f"{what}: SINI/SITI are {s.shape[0]} x {s.shape[1]}, not square; crop or pad the core to a square")
+    if not (np.all(np.isfinite(s)) and np.all(np.isfinite(t))):
+        raise BcpathError(f"{what}: SINI/SITI hold NaN or inf; recompute them with sini_siti")
+
+
+def _pair_tensor(cores: Sequence[Core], size: int) -> torch.Tensor:
+    """(N, 2, size, size) float32 tensor of the cores' resized SINI/SITI."""
+    out = np.zeros((len(cores), 2, size, size), np.float32)
+    for i, (sini, siti, _, core_id) in enumerate(cores):
+        _check_pair(sini, siti, f"core {core_id}")
+        out[i, 0] = resize_input(sini, size)
+        out[i, 1] = resize_input(siti, size)
+    return torch.from_numpy(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Network
+
+
+def _column(width: int) -> nn.Sequential:
+    """One input column: two conv-ReLU-maxpool blocks (÷8 overall: stride-2 first conv)."""
+    return nn.Sequential(
+        nn.Conv2d(1, width, 5, stride=2, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
+
+
+class RamCnn(nn.Module):
+    """Dual-input H-Score regression network (module docstring).
+
+    Args:
+        size: input side the model is trained and applied at (>= 64; the paper used 512).
+        width: channels of the first conv of each column (second: 2 x width; after fusion:
+            4 x width).
+        hidden: units of the hidden fully connected layer.
+
+    Input: ``forward(sini, siti)`` with two (N, 1, S, S) tensors, or ``forward(x)`` with one
+    (N, 2, S, S) tensor (channel 0 SINI, channel 1 SITI); any S >= 64 runs (adaptive pooling),
+    but predictions are meant at ``size``. Output: (N,) H-Score / 300 (linear, unclipped).
+    """
+
+    def __init__(self, size: int = 256, width: int = 16, hidden: int = 128) -> None:
+        super().__init__()
+        if size < MIN_SIZE:
+            raise BcpathError(f"RAM-CNN input size {size} is below {MIN_SIZE}; use size >= {MIN_SIZE} (the paper used 512)")
+        self.size = int(size)
+        self.width = int(width)
+        self.hidden = int(hidden)
+        self.sini_column = _column(width)
+        self.siti_column = _column(width)
+        fused = 4 * width
+        self.trunk = nn.Sequential(
+            nn.Conv2d(4 * width, fused, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(fused, fused, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(4),
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(fused * 16, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, 1),
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    @property
+    def config(self) -> dict[str, int]:
+        """Constructor arguments (saved in ramcnn.json)."""
+        return {"size": self.size, "width": self.width, "hidden": self.hidden}
+
+    def forward(self, sini: torch.Tensor, siti: torch.Tensor | None = None) -> torch.Tensor:
+        if siti is None:
+            sini, siti = sini[:, 0:1], sini[:, 1:2]
+        x = torch.cat([self.sini_column(sini), self.siti_column(siti)], dim=1)
+        out: torch.Tensor = self.head(self.trunk(x)).squeeze(1)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation and DLA
+
+
+def augment_batch(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    max_angle: float = 10.0,
+    max_shift: float = 0.1,
+    p_small_angle: float = 0.5,
+) -> torch.Tensor:
+    """Random rotation and shift of each sample; all channels of a sample get the same
+    transform, so SINI and SITI stay aligned.
+
+    Rotation: a random multiple of 90° (exact), plus, with probability ``p_small_angle``, a
+    small angle uniform in ±``max_angle``. Shift: a whole number of pixels, up to ``max_shift``
+    of the side along each axis. Only the small angle resamples between pixels (bilinear, which
+    blurs fine structure such as nuclei masks); keeping it to a share of the samples leaves the
+    others pixel-exact, so the network also sees images as sharp as at prediction time.
+
+    Args:
+        x: (N, C, S, S) float tensor (C = 2: SINI, SITI).
+        generator: CPU torch generator (the draws, hence the result, follow its seed).
+        max_angle: largest small-angle rotation, degrees.
+        max_shift: largest shift, fraction of the side.
+        p_small_angle: probability of the small-angle rotation.
+
+    Returns:
+        (N, C, S, S) tensor on x's device; uncovered pixels are 0 (outside the masks).
+    """
+    n, side = x.shape[0], x.shape[-1]
+    k = torch.randint(0, 4, (n,), generator=generator)
+    small = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(max_angle)
+    small = torch.where(torch.rand(n, generator=generator) < p_small_angle, small, torch.zeros_like(small))
+    angle = small + k.to(torch.float32) * (math.pi / 2)
+    max_px = int(math.floor(max_shift * side))
+    shift_px = torch.randint(-max_px, max_px + 1, (n, 2), generator=generator).to(torch.float32)
+    shift = shift_px * (2.0 / side)  # affine_grid works in [-1, 1]: one pixel is 2 / side
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # Exact quarter turns (cos/sin of k·π/2 carry ~1e-8 rounding that would resample).
+    exact = small == 0
+    cos = torch.where(exact, torch.round(cos), cos)
+    sin = torch.where(exact, torch.round(sin), sin)
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def dla_labels(reference: float, n: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Distributed label augmentation: ``n`` labels from N(reference, sigma²).
+
+    Args:
+        reference: the core's reference H-Score (0-300).
+        n: labels per core (>= 1).
+        sigma: standard deviation in H-Score points (0-300 scale; the paper's 0.9 is
+            :data:`PAPER_DLA_SIGMA`); 0 repeats the reference.
+        rng: numpy generator.
+
+    Returns:
+        (n,) float64 labels in H-Score points (not clipped, so their mean is the reference).
+    """
+    if n < 1:
+        raise BcpathError(f"n_dla_labels must be >= 1, got {n}")
+    if sigma < 0:
+        raise BcpathError(f"dla_sigma must be >= 0 H-Score points, got {sigma}")
+    return float(reference) + float(sigma) * rng.standard_normal(int(n))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and prediction
+
+
+def _device(device: str | None) -> torch.device:
+    return torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_ramcnn(
+    cores: Sequence[Core],
+    *,
+    epochs: int = 30,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    n_dla_labels: int = 10,
+    dla_sigma: float = PAPER_DLA_SIGMA,
+    size: int = 256,
+    seed: int = 0,
+    device: str | None = None,
+    width: int = 16,
+    hidden: int = 128,
+    augment: bool = True,
+    max_angle: float = 10.0,
+    max_shift: float = 0.1,
+    p_small_angle: float = 0.5,
+) -> tuple[RamCnn, list[dict[str, float]]]:
+    """Train a :class:`RamCnn` on cores with reference H-Scores.
+
+    Every epoch visits each core ``n_dla_labels`` times, each copy with its own DLA label
+    (drawn once, before training, from N(reference, ``dla_sigma``²), σ in H-Score points) and a
+    fresh augmentation, in a seeded random order. Loss: MSE on H / 300; optimiser: Adam.
+
+    Args:
+        cores: (sini, siti, reference H-Score, core id) per core; sini/siti square 2-D
+            float arrays of one shape (any side; resized to ``size``).
+        epochs: passes over the DLA-augmented set.
+        batch_size: samples per optimiser step.
+        lr: Adam learning rate.
+        n_dla_labels: labels (copies) per core per epoch.
+        dla_sigma: DLA standard deviation in H-Score points (0-300 scale).
+        size: network input side (>= 64).
+        seed: seeds initialisation, DLA labels, batch order and augmentation. Same seed, data
+            and thread count give the same model on CPU.
+        device: "cpu", "cuda", ...; None = CUDA when available.
+        width, hidden: network widths (:class:`RamCnn`).
+        augment: rotate/shift training samples.
+        max_angle, max_shift, p_small_angle: augmentation (:func:`augment_batch`).
+
+    Returns:
+        (model in eval mode, history): one dict per epoch with epoch, loss (mean MSE on H/300
+        over the epoch's samples, augmented, in train mode), rmse_h (sqrt of it x 300, H-Score
+        points), n_samples, seconds.
+
+    Raises:
+        BcpathError: no cores, a reference H-Score that is missing or outside [0, 300], bad
+            SINI/SITI, bad settings.
+    """
+    if len(cores) == 0:
+        raise BcpathError("RAM-CNN training: no cores; give cores with a reference H-Score")
+    if epochs < 1 or batch_size < 1 or not lr > 0:
+        raise BcpathError(f"RAM-CNN training: epochs ({epochs}), batch_size ({batch_size}) and lr ({lr}) must be positive")
+    refs = np.array([float(c[2]) for c in cores], np.float64)
+    bad = [str(c[3]) for c, r in zip(cores, refs, strict=True) if not (math.isfinite(r) and 0 <= r <= H_SCORE_MAX)]
+    if bad:
+        raise BcpathError(f"RAM-CNN training: reference H-Score missing or outside 0-300 for core(s) {', '.join(bad[:5])}; fix or drop them")
+    dev = _device(device)
+    torch.manual_seed(seed)
+    model = RamCnn(size=size, width=width, hidden=hidden).to(dev)
+    x_all = _pair_tensor(cores, size).to(dev)
+    rng = np.random.default_rng(seed)
+    labels = np.concatenate([dla_labels(r, n_dla_labels, dla_sigma, rng) for r in refs])
+    index = np.repeat(np.arange(len(cores)), n_dla_labels)
+    y_all = torch.from_numpy((labels / H_SCORE_MAX).astype(np.float32)).to(dev)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    history: list[dict[str, float]] = []
+    n = len(index)
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        order = torch.randperm(n, generator=generator).numpy()
+        total = 0.0
+        for start in range(0, n, batch_size):
+            batch = order[start : start + batch_size]
+            xb = x_all[torch.from_numpy(index[batch])]
+            if augment:
+                xb = augment_batch(xb, generator, max_angle, max_shift, p_small_angle)
+            yb = y_all[torch.from_numpy(batch)]
+            loss = F.mse_loss(model(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(batch)
+        mse = total / n
+        history.append(
+            {"epoch": epoch, "loss": mse, "rmse_h": math.sqrt(mse) * H_SCORE_MAX, "n_samples": n, "seconds": round(time.perf_counter() - started, 3)}
+        )
+        logger.debug("RAM-CNN epoch %d: loss %.5f (RMSE %.1f H-Score points), %.1fs", epoch, mse, history[-1]["rmse_h"], history[-1]["seconds"])
+        if not math.isfinite(mse):
+            raise BcpathError(f"RAM-CNN training diverged at epoch {epoch} (loss {mse}); lower lr (now {lr})")
+    return model.eval(), history
+
+
+@torch.inference_mode()
+def predict_h_scores(model: RamCnn, pairs: Sequence[tuple[np.ndarray, np.ndarray]], batch_size: int = 16) -> np.ndarray:
+    """H-Scores (0-300, clipped) of several (sini, siti) pairs, resized to ``model.size``."""
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = [(s, t, 0.0, start + i) for i, (s, t) in enumerate(pairs[start : start + batch_size])]
+        out.append(model(_pair_tensor(chunk, model.size).to(dev)).float().cpu().numpy())
+    values = np.concatenate(out) if out else np.zeros(0, np.float32)
+    return np.clip(values.astype(np.float64) * H_SCORE_MAX, 0.0, H_SCORE_MAX)
+
+
+def predict_h_score(model: RamCnn, sini: np.ndarray, siti: np.ndarray) -> float:
+    """H-Score (0-300, clipped) of one core from its SINI and SITI (resized to ``model.size``)."""
+    return float(predict_h_scores(model, [(sini, siti)])[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics and cross-validation
+
+
+def h_score_metrics(reference: Sequence[float] | np.ndarray, predicted: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """Agreement of two sets of H-Scores, the paper's metrics (model vs reader, or reader vs reader).
+
+    Returns:
+        dict: ``mae`` mean |predicted − reference|; ``sd_error`` sample SD (ddof 1) of those
+        absolute errors (the ± of "MAE ± SD"); ``pearson_r``; ``bias`` mean signed error
+        (predicted − reference); ``sd_signed_error`` its sample SD; ``n`` pairs. NaN where
+        undefined (SDs with n < 2, r when either side is constant). Pairs with a NaN are dropped.
+
+    Raises:
+        BcpathError: the two sequences differ in length.
+    """
+    r = np.asarray(reference, np.float64).ravel()
+    p = np.asarray(predicted, np.float64).ravel()
+    if r.shape != p.shape:
+        raise BcpathError(f"H-Score metrics: {r.size} reference and {p.size} predicted values; give one prediction per core")
+    ok = np.isfinite(r) & np.isfinite(p)
+    r, p = r[ok], p[ok]
+    n = int(r.size)
+    err = p - r
+    nan = float("nan")
+    pearson = nan
+    if n >= 2 and np.std(r) > 0 and np.std(p) > 0:
+        pearson = float(np.corrcoef(r, p)[0, 1])
+    return {
+        "mae": float(np.mean(np.abs(err))) if n else nan,
+        "sd_error": float(np.std(np.abs(err), ddof=1)) if n >= 2 else nan,
+        "pearson_r": pearson,
+        "bias": float(np.mean(err)) if n else nan,
+        "sd_signed_error": float(np.std(err, ddof=1)) if n >= 2 else nan,
+        "n": n,
+    }
+
+
+def leave_k_out_folds(n: int, k: int = 5, seed: int = 0) -> list[np.ndarray]:
+    """Folds of ``k`` held-out indices each (the last may be smaller) from a seeded permutation
+    of ``range(n)``; together they partition it."""
+    if k < 1:
+        raise BcpathError(f"leave-k-out: k must be >= 1, got {k}")
+    order = np.random.default_rng(seed).permutation(n)
+    return [np.sort(order[i : i + k]) for i in range(0, n, k)]
+
+
+def leave_k_out_cv(
+    cores: Sequence[Core],
+    k: int = 5,
+    *,
+    seed: int = 0,
+    **train_kwargs: Any,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Leave-k-out cross-validation (the paper's leave-5-out).
+
+    Each fold of :func:`leave_k_out_folds` (seeded by ``seed``) is held out in turn; a model is
+    trained on the other cores (:func:`train_ramcnn` with ``train_kwargs``, seed ``seed + fold``)
+    and predicts the held-out ones.
+
+    Returns:
+        (table, metrics): table with columns core_id, fold (0-based), reference, predicted
+        (H-Score points), in the cores' order; metrics = :func:`h_score_metrics` over all
+        held-out predictions plus ``k`` and ``n_folds``.
+
+    Raises:
+        BcpathError: fewer than 2k cores (each model must see at least k cores).
+    """
+    import pandas as pd
+
+    if len(cores) < 2 * k:
+        raise BcpathError(
+            f"leave-{k}-out cross-validation needs at least {2 * k} cores with a reference H-Score, got {len(cores)}; "
+            f"add cores or lower k"
+        )
+    folds = leave_k_out_folds(len(cores), k, seed)
+    fold_of = np.empty(len(cores), np.int64)
+    predicted = np.empty(len(cores), np.float64)
+    for f, held in enumerate(folds):
+        held_set = set(held.tolist())
+        train = [c for i, c in enumerate(cores) if i not in held_set]
+        started = time.perf_counter()
+        model, _ = train_ramcnn(train, seed=seed + f, **train_kwargs)
+        predicted[held] = predict_h_scores(model, [(cores[i][0], cores[i][1]) for i in held])
+        fold_of[held] = f
+        logger.info("RAM-CNN leave-%d-out fold %d/%d: %d training cores, %.1fs", k, f + 1, len(folds), len(train), time.perf_counter() - started)
+    table = pd.DataFrame(
+        {
+            "core_id": [c[3] for c in cores],
+            "fold": fold_of,
+            "reference": [float(c[2]) for c in cores],
+            "predicted": predicted,
+        }
+    )
+    metrics: dict[str, float] = {**h_score_metrics(table["reference"], table["predicted"]), "k": k, "n_folds": len(folds)}
+    return table, metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def save_ramcnn(model: RamCnn, directory: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> str:
+    """Write ``ramcnn.pt`` (state_dict) and ``ramcnn.json`` into ``directory`` (created).
+
+    ramcnn.json holds ``architecture`` (:attr:`RamCnn.config`), ``size``, ``normalisation``,
+    ``output`` ("H-Score 0-300 = 300 x network output, clipped"), ``weights``, ``sha256`` and
+    ``torch`` plus everything in ``meta`` (training settings, CV metrics, ...; JSON-ready).
+
+    Returns:
+        sha256 of ramcnn.pt.
+    """
+    from bcpath.io import json_ready, write_json
+    from bcpath.models.registry import save_weights
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    was = next(model.parameters()).device
+    sha = save_weights(model.cpu(), out / WEIGHTS_NAME)
+    model.to(was)
+    record = {
+        **json_ready(dict(meta or {})),
+        "architecture": model.config,
+        "size": model.size,
+        "normalisation": NORMALISATION,
+        "output": "H-Score (0-300) = 300 x network output, clipped to [0, 300]",
+        "weights": WEIGHTS_NAME,
+        "sha256": sha,
+        "torch": torch.__version__,
+    }
+    write_json(out / META_NAME, record)
+    return sha
+
+
+def load_ramcnn(directory: str | os.PathLike[str], device: str | None = "cpu") -> tuple[RamCnn, dict[str, Any]]:
+    """Load a model written by :func:`save_ramcnn`, after checking ramcnn.pt's sha256.
+
+    Returns:
+        (model in eval mode on ``device``, the ramcnn.json record).
+
+    Raises:
+        BcpathError: a file missing or unreadable, sha256 mismatch, or weights that do not fit.
+    """
+    import pickle
+
+    from bcpath.wsi.reader import file_sha256
+
+    folder = Path(directory)
+    meta_path, weights_path = folder / META_NAME, folder / WEIGHTS_NAME
+    fix = "re-run the train_ramcnn rule (or save_ramcnn) to rewrite the model directory"
+    for path in (meta_path, weights_path):
+        if not path.is_file():
+            raise BcpathError(f"RAM-CNN model {folder}: {path.name} not found; {fix}")
+    try:
+        meta = json.loads(meta_path.read_text())
+        config = {key: int(meta["architecture"][key]) for key in ("size", "width", "hidden")}
+        expected = str(meta["sha256"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise BcpathError(f"RAM-CNN model {folder}: {META_NAME} is not a RAM-CNN record ({type(exc).__name__}: {exc}); {fix}") from exc
+    actual = file_sha256(weights_path)
+    if actual != expected:
+        raise BcpathError(f"RAM-CNN model {folder}: {WEIGHTS_NAME} has sha256 {actual}, {META_NAME} says {expected}; {fix}")
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise BcpathError(f"RAM-CNN model {folder}: {WEIGHTS_NAME} is not a loadable state_dict ({type(exc).__name__}); {fix}") from exc
+    model = RamCnn(**config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise BcpathError(f"RAM-CNN model {folder}: weights do not fit the architecture {config} ({str(exc).splitlines()[0]}); {fix}") from exc
+    return model.to(_device(device)).eval(), meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Workflow step
+
+#: Columns of the cores table that may hold the per-core .npz path (first present wins).
+NPZ_COLUMNS = ("npz", "npz_path", "path", "sid_npz")
+
+
+def _read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_file():
+        raise BcpathError(f"RAM-CNN cores table not found: {p}; give the table of cores (parquet or CSV)")
+    table = pd.read_parquet(p) if p.suffix.lower() in (".parquet", ".pq") else pd.read_csv(p)
+    missing = [c for c in ("slide_id", "core_id", "reference_h_score") if c not in table.columns]
+    if missing:
+        raise BcpathError(f"RAM-CNN cores table {p}: no column(s) {', '.join(missing)}; it needs slide_id, core_id, reference_h_score and an npz path column ({' or '.join(NPZ_COLUMNS)})")
+    return table
+
+
+def load_training_cores(table_path: str | os.PathLike[str]) -> tuple[list[Core], dict[str, tuple[str, str]], int]:
+    """Cores with a reference H-Score from a cores table and their .npz files.
+
+    The table (parquet by suffix, else CSV) has slide_id, core_id, reference_h_score and the
+    path of a per-core .npz holding float32 arrays ``sini`` and ``siti`` (column ``npz``,
+    ``npz_path``, ``path`` or ``sid_npz``; relative paths are tried as given, then relative to
+    the table's folder). Rows without a reference H-Score are skipped.
+
+    Returns:
+        (cores, ids, n_skipped): cores as :data:`Core` with core id ``"slide_id/core_id"``;
+        ids maps that id to (slide_id, core_id).
+    """
+    table = _read_table(table_path)
+    column = next((c for c in NPZ_COLUMNS if c in table.columns), None)
+    if column is None:
+        raise BcpathError(f"RAM-CNN cores table {table_path}: no npz path column; name it one of {', '.join(NPZ_COLUMNS)}")
+    base = Path(table_path).parent
+    cores: list[Core] = []
+    ids: dict[str, tuple[str, str]] = {}
+    skipped = 0
+    for _, row in table.iterrows():
+        ref = row["reference_h_score"]
+        if ref is None or (isinstance(ref, float) and math.isnan(ref)) or ref == "":
+            skipped += 1
+            continue
+        slide, core = str(row["slide_id"]), str(row["core_id"])
+        key = f"{slide}/{core}"
+        if key in ids:
+            raise BcpathError(f"RAM-CNN cores table {table_path}: core {core} of slide {slide} is listed twice; keep one row per core")
+        npz = Path(str(row[column]))
+        if not npz.is_absolute() and not npz.exists() and (base / npz).exists():
+            npz = base / npz
+        if not npz.is_file():
+            raise BcpathError(f"RAM-CNN core {key}: SINI/SITI file not found: {npz}; re-run the rule that writes it")
+        with np.load(npz) as data:
+            if "sini" not in data or "siti" not in data:
+                raise BcpathError(f"RAM-CNN core {key}: {npz} holds {sorted(data.files)}, not 'sini' and 'siti'; write both arrays")
+            sini, siti = data["sini"].astype(np.float32), data["siti"].astype(np.float32)
+        _check_pair(sini, siti, f"RAM-CNN core {key} ({npz})")
+        cores.append((sini, siti, float(ref), key))
+        ids[key] = (slide, core)
+    return cores, ids, skipped
+
+
+def train_ramcnn_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
+    """Rule train_ramcnn: leave-k-out CV, then a model on all cores.
+
+    input.cores: cores table (see :func:`load_training_cores`). params.ramcnn: dict with size,
+    epochs, batch_size, lr, n_dla_labels, dla_sigma (H-Score points), folds_k (5), seed,
+    optional device. Outputs: output.model (directory: ramcnn.pt, ramcnn.json), output.cv (CSV:
+    slide_id, core_id, fold, reference, predicted), output.metrics (JSON: MAE, SD, r, ...).
+    """
+    from bcpath.io import atomic_dir, atomic_path, write_json
+
+    settings = dict(params.ramcnn)
+    k = int(settings.get("folds_k", 5))
+    seed = int(settings.get("seed", 0))
+    train_kwargs: dict[str, Any] = {
+        "epochs": int(settings.get("epochs", 30)),
+        "batch_size": int(settings.get("batch_size", 8)),
+        "lr": float(settings.get("lr", 1e-3)),
+        "n_dla_labels": int(settings.get("n_dla_labels", 10)),
+        "dla_sigma": float(settings.get("dla_sigma", PAPER_DLA_SIGMA)),
+        "size": int(settings.get("size", 256)),
+        "device": settings.get("device"),
+    }
+    cores, ids, skipped = load_training_cores(input.cores)
+    if len(cores) < 2 * k:
+        raise BcpathError(
+            f"RAM-CNN training: {len(cores)} core(s) with a reference H-Score in {input.cores} ({skipped} without one); "
+            f"leave-{k}-out cross-validation needs at least {2 * k}; add reference H-Scores or lower ramcnn.folds_k"
+        )
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        logger.info("RAM-CNN: %d cores (%d skipped without reference), leave-%d-out, settings %s", len(cores), skipped, k, train_kwargs)
+        table, metrics = leave_k_out_cv(cores, k, seed=seed, **train_kwargs)
+        logger.info("RAM-CNN CV: MAE %.1f, SD %.1f, r %.3f (n %d)", metrics["mae"], metrics["sd_error"], metrics["pearson_r"], metrics["n"])
+        started = time.perf_counter()
+        model, history = train_ramcnn(cores, seed=seed, **train_kwargs)
+        logger.info("RAM-CNN on all %d cores: final loss %.5f (RMSE %.1f H-Score points), %.1fs", len(cores), history[-1]["loss"], history[-1]["rmse_h"], time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(previous)
+    table.insert(0, "slide_id", [ids[c][0] for c in table["core_id"]])
+    table["core_id"] = [ids[c][1] for c in table["core_id"]]
+    with atomic_path(output.cv) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    summary = {
+        "cv": metrics,
+        "n_cores": len(cores),
+        "n_skipped_no_reference": skipped,
+        "training": {**train_kwargs, "folds_k": k, "seed": seed, "dla_sigma_unit": "H-Score points (0-300)"},
+    }
+    write_json(output.metrics, summary)
+    with atomic_dir(output.model) as tmp_dir:
+        save_ramcnn(model, tmp_dir, {**summary, "history": history, "cores": sorted(ids)})

@@ -1,0 +1,849 @@
+"""Training and inference of 3-class nuclei U-Nets (Lagree et al. 2021, Sci Rep 11:8025).
+
+Pipeline (every choice is recorded in ``train.json``):
+
+- **Data.** Folders in MoNuSeg layout (``images/*.tif`` + ``annotations/*.xml``) or CPM-15 layout
+  (``images/*.png`` + ``inst_masks/*_inst.tif``), read by :func:`list_nuclei_folder`.
+- **Resolution.** Every image is resampled to one model resolution, ``model_mpp`` = 0.5 µm/px
+  by default (20×): MoNuSeg (0.25) and CPM-15 40× images are halved, CPM-15 20× images kept.
+  RGB: area interpolation down, linear up; labels: nearest neighbour. At 0.5 µm/px a nucleus
+  is ~10-20 px across and a 256 px tile covers 128 µm; it also quarters CPU cost.
+- **Stain.** Vahadane normalisation (:mod:`bcpath.nuclei.normalise`) fitted once to one training
+  image (``stain_reference``; default: the first training image by (dataset, name), i.e. CPM-15
+  image01 with the default data, at model µm/px), saved
+  as ``stain.json`` and reused unchanged at inference.
+- **Split.** Organ-wise (:func:`split_by_organ`): MoNuSeg organs come from the TCGA tissue
+  source site code (the second field of the TCGA barcode, :data:`TCGA_TSS_ORGAN`). Default
+  validation: the brain and bladder MoNuSeg images (2 + 2 of the 21 here) and CPM-15
+  ``image03`` (20×) and ``image12`` (40×). CPM-15 images carry no per-image organ (the set mixes
+  brain and head-and-neck), so they are held out by name.
+- **Tiles.** 256×256 tiles at ≥ 10 % overlap, evenly spread (:func:`tile_starts`); images
+  smaller than a tile are padded with white (label 0).
+- **Augmentation** (training only, :func:`augment_tile`): one random map from output tile to
+  source image — 90° rotation × flip × small rotation (±15°) × shear (±0.15) plus an elastic
+  displacement field (Gaussian-smoothed noise, σ 8 px, amplitude up to 4 px) — applied with
+  ``cv2.remap`` to the RGB (linear) and to the instance labels (nearest), sampling the real
+  surroundings of the tile (reflected only beyond the image edge). Targets
+  (:func:`bcpath.nuclei.targets.encode_targets`) and weights
+  (:func:`bcpath.nuclei.targets.unet_weight_map`, w0 = 10, σ = 5 px) are recomputed from the
+  augmented labels.
+- **Training.** Adam (lr 1e-4), :func:`bcpath.nuclei.losses.combined_loss` (weighted CE + soft
+  Dice), early stopping on the validation loss (un-augmented validation tiles) with
+  ``patience`` epochs. Deterministic given ``seed`` on one device (seeded torch, per-sample
+  numpy generators, no worker processes).
+- **Threshold.** The threshold of :func:`bcpath.nuclei.targets.instances_from_probabilities`
+  maximising the mean validation AJI over :data:`THRESHOLDS`, scored at each image's own size.
+- **Inference** (:func:`predict_instances`): resample to model µm/px, normalise, 256 px tiles at
+  50 % overlap blended with a Hann (sin²) window, decode, resample labels back (nearest).
+
+Outputs of :func:`train_nuclei_model` in ``out_dir``: ``best.pt`` / ``last.pt`` (state_dicts),
+``train.json``, ``log.csv`` (epoch, train_loss, val_loss), ``stain.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from scipy import ndimage as ndi
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from bcpath.errors import BcpathError
+from bcpath.io import atomic_path, json_ready, write_json, write_text
+from bcpath.nuclei.datasets import NucleiSample, list_cpm15, list_monuseg
+from bcpath.nuclei.normalise import StainNormaliser
+
+__all__ = [
+    "DEFAULT_VAL_NAMES",
+    "DEFAULT_VAL_ORGANS",
+    "MODEL_MPP",
+    "THRESHOLDS",
+    "TILE",
+    "NucleiModel",
+    "NucleiTileDataset",
+    "PreparedImage",
+    "augment_tile",
+    "build_model",
+    "list_nuclei_folder",
+    "load_nuclei_model",
+    "predict_instances",
+    "predict_probabilities",
+    "prepare_samples",
+    "resample_labels",
+    "resample_rgb",
+    "sample_organ",
+    "split_by_organ",
+    "tile_grid",
+    "tile_starts",
+    "train_nuclei_model",
+]
+
+logger = logging.getLogger(__name__)
+
+MODEL_MPP = 0.5
+TILE = 256
+TRAIN_OVERLAP = 0.1
+PREDICT_OVERLAP = 0.5
+THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
+MIN_AREA_PX = 10
+W0, SIGMA_PX = 10.0, 5.0
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# TCGA tissue source site (barcode field 2) → organ, for the MoNuSeg images in shared/data.
+# From the TCGA code tables (project of each site): LUSC/LUAD, KIRC/KIRP, COAD, PRAD, BLCA, LGG.
+# (Kumar et al. 2017 list the 21-/50- lung images as "liver"; the TCGA project is used here.)
+TCGA_TSS_ORGAN: dict[str, str] = {
+    "21": "lung", "44": "lung", "50": "lung", "69": "lung",
+    "2Z": "kidney", "B0": "kidney", "GL": "kidney", "IZ": "kidney",
+    "A6": "colon", "NH": "colon",
+    "CH": "prostate", "EJ": "prostate", "G9": "prostate", "HC": "prostate",
+    "CU": "bladder", "ZF": "bladder",
+    "FG": "brain", "HT": "brain",
+    "18": "lung", "38": "lung", "49": "lung",  # other MoNuSeg lung sites
+    "A7": "breast", "AR": "breast", "E2": "breast", "AO": "breast",
+    "KB": "stomach", "RD": "stomach",
+}  # fmt: skip
+DEFAULT_VAL_ORGANS: tuple[str, ...] = ("brain", "bladder")
+DEFAULT_VAL_NAMES: tuple[str, ...] = ("image03", "image12")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def list_nuclei_folder(folder: str | Path) -> list[NucleiSample]:
+    """Samples of one dataset folder: MoNuSeg layout (``images/*.tif`` + ``annotations/*.xml``)
+    or CPM-15 layout (``images/*.png`` + ``inst_masks/*_inst.tif``); BcpathError otherwise."""
+    folder = Path(folder)
+    images = folder / "images"
+    try:
+        if (folder / "annotations").is_dir() and any(images.glob("*.tif")):
+            return list_monuseg(folder)
+        if (folder / "inst_masks").is_dir() and any(images.glob("*.png")):
+            return list_cpm15(folder)
+    except FileNotFoundError as exc:
+        raise BcpathError(
+            f"nuclei data folder {folder}: {exc}; every image needs its annotation"
+        ) from exc
+    raise BcpathError(
+        f"nuclei data folder {folder}: neither MoNuSeg layout (images/*.tif + annotations/*.xml) "
+        "nor CPM-15 layout (images/*.png + inst_masks/<stem>_inst.tif); arrange it as one of them"
+    )
+
+
+def sample_organ(sample: NucleiSample) -> str:
+    """Organ of a sample: MoNuSeg from the TCGA site code, CPM-15 ``"brain_or_head_neck"``."""
+    if sample.dataset == "monuseg" or sample.name.startswith("TCGA-"):
+        parts = sample.name.split("-")
+        if len(parts) > 1 and parts[1] in TCGA_TSS_ORGAN:
+            return TCGA_TSS_ORGAN[parts[1]]
+        return "unknown"
+    if sample.dataset == "cpm15":
+        return "brain_or_head_neck"
+    return "unknown"
+
+
+def split_by_organ(
+    samples: Sequence[NucleiSample],
+    val_organs: Iterable[str] = DEFAULT_VAL_ORGANS,
+    val_names: Iterable[str] = DEFAULT_VAL_NAMES,
+) -> tuple[list[NucleiSample], list[NucleiSample]]:
+    """(train, val), each sorted by (dataset, name): val = organ in ``val_organs`` or name in
+    ``val_names``. Deterministic; raises BcpathError if either side would be empty."""
+    organs, names = {o.lower() for o in val_organs}, set(val_names)
+    ordered = sorted(samples, key=lambda s: (s.dataset, s.name))
+    val = [s for s in ordered if sample_organ(s) in organs or s.name in names]
+    train = [s for s in ordered if s not in val]
+    if not train or not val:
+        raise BcpathError(
+            f"organ split: {len(train)} training and {len(val)} validation images with validation "
+            f"organs {sorted(organs)} and names {sorted(names)}; choose organs / names that leave both non-empty"
+        )
+    return train, val
+
+
+def _scaled_size(shape: tuple[int, ...], mpp: float, target_mpp: float) -> tuple[int, int]:
+    f = mpp / target_mpp
+    return max(1, int(round(shape[0] * f))), max(1, int(round(shape[1] * f)))
+
+
+def resample_rgb(rgb: NDArray[np.uint8], mpp: float, target_mpp: float) -> NDArray[np.uint8]:
+    """(H, W, 3) uint8 at ``mpp`` µm/px → (H', W', 3) at ``target_mpp`` (area down, linear up)."""
+    h, w = _scaled_size(rgb.shape, mpp, target_mpp)
+    if (h, w) == rgb.shape[:2]:
+        return np.ascontiguousarray(rgb)
+    interp = cv2.INTER_AREA if h < rgb.shape[0] else cv2.INTER_LINEAR
+    return np.ascontiguousarray(cv2.resize(rgb, (w, h), interpolation=interp))
+
+
+def resample_labels(labels: NDArray[np.integer], shape: tuple[int, int]) -> NDArray[np.int32]:
+    """Instance labels resized to ``shape`` (H, W) by nearest neighbour; int32."""
+    lab = np.asarray(labels, dtype=np.int32)
+    if lab.shape == tuple(shape):
+        return lab
+    # cv2 nearest on int32 is exact (no arithmetic on the values).
+    return np.asarray(
+        cv2.resize(lab, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST), dtype=np.int32
+    )
+
+
+@dataclass
+class PreparedImage:
+    """One image at model resolution: rgb (H, W, 3) uint8 normalised, labels (H, W) int32."""
+
+    name: str
+    organ: str
+    rgb: NDArray[np.uint8]
+    labels: NDArray[np.int32]
+    source: NucleiSample | None = None
+    original_labels: NDArray[np.int32] | None = field(default=None, repr=False)
+
+
+def prepare_samples(
+    samples: Sequence[NucleiSample],
+    model_mpp: float = MODEL_MPP,
+    normaliser: StainNormaliser | None = None,
+    keep_original: bool = False,
+) -> list[PreparedImage]:
+    """Load, resample to ``model_mpp`` and (optionally) stain-normalise each sample."""
+    out = []
+    for s in samples:
+        rgb, labels = s.load()
+        small = resample_rgb(rgb, s.mpp, model_mpp)
+        lab = resample_labels(labels, small.shape[:2])
+        if normaliser is not None:
+            small = normaliser.normalise(small, f"{s.dataset}/{s.name}")
+        out.append(
+            PreparedImage(s.name, sample_organ(s), small, lab, s, labels if keep_original else None)
+        )
+    return out
+
+
+def tile_starts(length: int, tile: int = TILE, overlap: float = TRAIN_OVERLAP) -> list[int]:
+    """Tile origins along one axis covering [0, length): the fewest tiles with overlap ≥
+    ``overlap``·tile between neighbours, spread evenly from 0 to length − tile. [0] if length ≤ tile."""
+    if length <= tile:
+        return [0]
+    stride = tile * (1.0 - overlap)
+    n = int(math.ceil((length - tile) / stride - 1e-9)) + 1
+    return [int(round(i * (length - tile) / (n - 1))) for i in range(n)]
+
+
+def tile_grid(
+    shape: tuple[int, int], tile: int = TILE, overlap: float = TRAIN_OVERLAP
+) -> list[tuple[int, int]]:
+    """(row, col) origins of the tiles covering an (H, W) image, row-major."""
+    return [
+        (r, c)
+        for r in tile_starts(shape[0], tile, overlap)
+        for c in tile_starts(shape[1], tile, overlap)
+    ]
+
+
+def _pad_to(
+    rgb: NDArray[np.uint8], labels: NDArray[np.int32], tile: int
+) -> tuple[NDArray[np.uint8], NDArray[np.int32]]:
+    """Pad bottom/right with white RGB and label 0 up to at least tile × tile."""
+    ph, pw = max(tile - rgb.shape[0], 0), max(tile - rgb.shape[1], 0)
+    if ph == 0 and pw == 0:
+        return rgb, labels
+    return (
+        np.pad(rgb, ((0, ph), (0, pw), (0, 0)), constant_values=255),
+        np.pad(labels, ((0, ph), (0, pw)), constant_values=0),
+    )
+
+
+def augment_tile(
+    rgb: NDArray[np.uint8],
+    labels: NDArray[np.int32],
+    origin: tuple[int, int],
+    tile: int,
+    rng: np.random.Generator,
+    max_angle_deg: float = 15.0,
+    max_shear: float = 0.15,
+    elastic_alpha_px: float = 4.0,
+    elastic_sigma_px: float = 8.0,
+) -> tuple[NDArray[np.uint8], NDArray[np.int32]]:
+    """One random augmented tile × tile crop around the tile at ``origin`` (row, col).
+
+    Output pixel p maps to source pixel c + A·(p − c_out) + d(p), with c the tile centre in the
+    image, A = R(k·90° + θ)·Shear·Flip and d an elastic displacement; RGB sampled bilinearly,
+    labels by nearest neighbour from the same map (reflect beyond the image edge).
+    Returns (tile, tile, 3) uint8 and (tile, tile) int32.
+    """
+    k = int(rng.integers(4))
+    flip = bool(rng.integers(2))
+    theta = math.radians(k * 90.0 + rng.uniform(-max_angle_deg, max_angle_deg))
+    shear = rng.uniform(-max_shear, max_shear)
+    rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    a = rot @ np.array([[1.0, shear], [0.0, 1.0]]) @ np.diag([1.0, -1.0 if flip else 1.0])
+    yy, xx = np.mgrid[0:tile, 0:tile].astype(np.float64)
+    c_out = (tile - 1) / 2.0
+    dy, dx = yy - c_out, xx - c_out  # (row, col) offsets; A acts on (x, y)
+    src_x = a[0, 0] * dx + a[0, 1] * dy
+    src_y = a[1, 0] * dx + a[1, 1] * dy
+    amp = rng.uniform(0.0, elastic_alpha_px)
+    if amp > 0:
+        for comp in (src_x, src_y):
+            noise = ndi.gaussian_filter(rng.standard_normal((tile, tile)), elastic_sigma_px)
+            noise /= max(float(np.abs(noise).max()), 1e-12)
+            comp += amp * noise
+    map_x = (src_x + origin[1] + c_out).astype(np.float32)
+    map_y = (src_y + origin[0] + c_out).astype(np.float32)
+    out_rgb = cv2.remap(rgb, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    out_lab = cv2.remap(labels, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT_101)
+    return np.ascontiguousarray(out_rgb), np.asarray(out_lab, dtype=np.int32)
+
+
+def _to_input(rgb: NDArray[np.uint8]) -> torch.Tensor:
+    """(H, W, 3) uint8 → (3, H, W) float32, ImageNet mean/std normalised."""
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255.0
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
+class NucleiTileDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+    """Tiles of prepared images → (x (3, T, T) float32, target (T, T) int64, weight (T, T) float32).
+
+    The tile list is the :func:`tile_grid` of each image (overlap ≥ 10 %). With ``augment`` each
+    item draws its transform from ``np.random.default_rng((seed, epoch, index))`` (call
+    :meth:`set_epoch`), so a run is reproducible; without it, items are cached.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[PreparedImage],
+        tile: int = TILE,
+        overlap: float = TRAIN_OVERLAP,
+        augment: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.tile, self.augment, self.seed, self.epoch = tile, augment, seed, 0
+        self.images = [_pad_to(im.rgb, im.labels, tile) for im in images]
+        self.index = [
+            (i, rc)
+            for i, (rgb, _) in enumerate(self.images)
+            for rc in tile_grid(rgb.shape[:2], tile, overlap)
+        ]
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def tile_arrays(self, idx: int) -> tuple[NDArray[np.uint8], NDArray[np.int32]]:
+        """The (augmented) RGB and instance labels of item ``idx``."""
+        i, (r, c) = self.index[idx]
+        rgb, lab = self.images[i]
+        if self.augment:
+            rng = np.random.default_rng((self.seed, self.epoch, idx))
+            return augment_tile(rgb, lab, (r, c), self.tile, rng)
+        t = self.tile
+        return rgb[r : r + t, c : c + t], lab[r : r + t, c : c + t]
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not self.augment and idx in self._cache:
+            return self._cache[idx]
+        from bcpath.nuclei.targets import encode_targets, unet_weight_map
+
+        rgb, lab = self.tile_arrays(idx)
+        item = (
+            _to_input(rgb),
+            torch.from_numpy(encode_targets(lab)),
+            torch.from_numpy(unet_weight_map(lab, w0=W0, sigma=SIGMA_PX)),
+        )
+        if not self.augment:
+            self._cache[idx] = item
+        return item
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_model(
+    architecture: dict[str, Any], pretrained_encoder: str | os.PathLike[str] | None = None
+) -> nn.Module:
+    """Model from ``architecture``: ``{"encoder": "plain", "depth": d, "base": b}`` (a
+    from-scratch :class:`PlainUNet`) or ``{"encoder": <torchvision name>}`` (:class:`UNet`)."""
+    from bcpath.nuclei.unet import ENCODERS, PlainUNet, UNet
+
+    encoder = architecture["encoder"]
+    if encoder == "plain":
+        if pretrained_encoder is not None:
+            raise BcpathError(
+                "encoder 'plain' is trained from scratch; pretrained_encoder does not apply"
+            )
+        return PlainUNet(
+            3,
+            3,
+            depth=int(architecture.get("depth", 4)),
+            base=int(architecture.get("base", 16)),
+            dropout=float(architecture.get("dropout", 0.1)),
+        )
+    if encoder not in ENCODERS:
+        raise BcpathError(
+            f"unknown encoder {encoder!r}; use 'plain' or one of {', '.join(ENCODERS)}"
+        )
+    if pretrained_encoder is not None and not Path(pretrained_encoder).is_file():
+        raise BcpathError(
+            f"pretrained encoder {pretrained_encoder}: no such file (weights are never downloaded)"
+        )
+    return UNet(encoder, 3, 3, encoder_weights=pretrained_encoder)
+
+
+@dataclass
+class NucleiModel:
+    """A trained model ready for :func:`predict_instances`."""
+
+    model: nn.Module
+    mpp: float
+    tile: int
+    threshold: float
+    min_area_px: int
+    normaliser: StainNormaliser | None
+    architecture: dict[str, Any]
+    device: str = "cpu"
+
+
+def _hann(tile: int) -> NDArray[np.float32]:
+    w = np.sin(np.pi * (np.arange(tile) + 0.5) / tile) ** 2
+    return np.outer(w, w).astype(np.float32)
+
+
+@torch.no_grad()
+def predict_probabilities(
+    bundle: NucleiModel, rgb: NDArray[np.uint8], batch_size: int = 4
+) -> NDArray[np.float32]:
+    """(3, H, W) class probabilities of an (H, W, 3) image already at model µm/px and normalised.
+
+    Tiles of ``bundle.tile`` px at 50 % overlap, blended with a Hann window; images smaller
+    than a tile are reflect-padded and cropped back.
+    """
+    t = bundle.tile
+    h, w = rgb.shape[:2]
+    ph, pw = max(t - h, 0), max(t - w, 0)
+    padded = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
+    H, W = padded.shape[:2]
+    acc = np.zeros((3, H, W), dtype=np.float32)
+    wsum = np.zeros((H, W), dtype=np.float32)
+    win = _hann(t)
+    origins = tile_grid((H, W), t, PREDICT_OVERLAP)
+    bundle.model.eval()
+    for k in range(0, len(origins), batch_size):
+        chunk = origins[k : k + batch_size]
+        x = torch.stack([_to_input(padded[r : r + t, c : c + t]) for r, c in chunk]).to(
+            bundle.device
+        )
+        p = torch.softmax(bundle.model(x), dim=1).float().cpu().numpy()
+        for (r, c), pk in zip(chunk, p, strict=True):
+            acc[:, r : r + t, c : c + t] += pk * win
+            wsum[r : r + t, c : c + t] += win
+    return (acc / wsum)[:, :h, :w]
+
+
+def predict_instances(
+    bundle: NucleiModel, rgb: NDArray[np.uint8], mpp: float, threshold: float | None = None
+) -> NDArray[np.int32]:
+    """(H, W) int32 instance labels (0 = background) of an (H, W, 3) uint8 RGB image at ``mpp`` µm/px.
+
+    Resampled to the model µm/px, stain-normalised with the saved fit, segmented and decoded
+    (:func:`bcpath.nuclei.targets.instances_from_probabilities`, the model's threshold unless
+    ``threshold`` is given), then resampled back to (H, W) by nearest neighbour.
+    """
+    from bcpath.nuclei.targets import instances_from_probabilities
+
+    image = np.asarray(rgb)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise BcpathError(
+            f"predict_instances: expected (H, W, 3) uint8 RGB, got {image.dtype} {image.shape}"
+        )
+    if not (mpp > 0 and math.isfinite(mpp)):
+        raise BcpathError(f"predict_instances: µm/px must be positive, got {mpp}")
+    small = resample_rgb(image, mpp, bundle.mpp)
+    if bundle.normaliser is not None:
+        small = bundle.normaliser.normalise(small)
+    probs = predict_probabilities(bundle, small)
+    thr = bundle.threshold if threshold is None else threshold
+    labels = instances_from_probabilities(probs, thr, bundle.min_area_px)
+    return resample_labels(labels, image.shape[:2])
+
+
+def load_nuclei_model(
+    path: str | Path, device: str = "cpu", checkpoint: str = "best.pt"
+) -> NucleiModel:
+    """Load a training output folder (or its ``best.pt`` / ``last.pt``, next to ``train.json``)."""
+    path = Path(path)
+    folder, weights = (path, path / checkpoint) if path.is_dir() else (path.parent, path)
+    meta_path = folder / "train.json"
+    if not weights.is_file() or not meta_path.is_file():
+        raise BcpathError(
+            f"nuclei model {path}: expected a training folder with {checkpoint} and train.json "
+            "(written by bcpath nuclei train)"
+        )
+    meta = json.loads(meta_path.read_text())
+    expected = meta.get("best_sha256")
+    if weights.name == "best.pt" and expected and _sha256(weights) != expected:
+        raise BcpathError(
+            f"nuclei model {weights}: sha256 differs from train.json's best_sha256 ({expected[:12]}…); "
+            "the file is damaged or from another run: copy best.pt and train.json together"
+        )
+    model = build_model(meta["architecture"])
+    state = torch.load(weights, map_location=device, weights_only=True)
+    model.load_state_dict(state)
+    model.to(device).eval()
+    stain_path = folder / "stain.json"
+    normaliser = StainNormaliser.load(stain_path) if meta.get("stain_normalisation") else None
+    return NucleiModel(
+        model, float(meta["mpp"]), int(meta["tile"]), float(meta["threshold"]),
+        int(meta.get("min_area_px", MIN_AREA_PX)), normaliser, meta["architecture"], device,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _sha256(path: Path) -> str:
+    from bcpath.wsi import file_sha256
+
+    return file_sha256(path)
+
+
+def _save_state(model: nn.Module, path: Path) -> None:
+    # Serialised to memory first: torch.save names the archive after the file, and the
+    # temporary name of atomic_path is random, which would change the bytes (and sha256).
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
+def _run_epoch(
+    model: nn.Module, loader: DataLoader[Any], device: str, optimiser: torch.optim.Optimizer | None
+) -> float:
+    from bcpath.nuclei.losses import combined_loss
+
+    model.train(optimiser is not None)
+    total, n = 0.0, 0
+    with torch.set_grad_enabled(optimiser is not None):
+        for x, y, wmap in loader:
+            x, y, wmap = x.to(device), y.to(device), wmap.to(device)
+            loss = combined_loss(model(x), y, wmap)
+            if optimiser is not None:
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+            total += float(loss.detach()) * x.shape[0]
+            n += x.shape[0]
+    return total / max(n, 1)
+
+
+def _gather(data: Sequence[str | Path | NucleiSample]) -> list[NucleiSample]:
+    samples: list[NucleiSample] = []
+    for item in data:
+        samples.extend([item] if isinstance(item, NucleiSample) else list_nuclei_folder(item))
+    names = [s.name for s in samples]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise BcpathError(
+            f"nuclei training data: image names repeated across folders: {', '.join(dupes)}"
+        )
+    return samples
+
+
+def validate_thresholds(
+    bundle: NucleiModel, images: Sequence[PreparedImage], thresholds: Sequence[float] = THRESHOLDS
+) -> tuple[float, dict[str, float], list[dict[str, Any]]]:
+    """Best threshold by mean AJI over ``images`` (scored at original size against the original
+    labels), the mean metrics at it and per-image rows."""
+    from bcpath.nuclei.metrics import evaluate
+    from bcpath.nuclei.targets import instances_from_probabilities
+
+    per_thr: dict[float, list[dict[str, float]]] = {t: [] for t in thresholds}
+    for im in images:
+        gt = im.original_labels if im.original_labels is not None else im.labels
+        probs = predict_probabilities(bundle, im.rgb)
+        for t in thresholds:
+            pred = resample_labels(
+                instances_from_probabilities(probs, t, bundle.min_area_px), gt.shape
+            )
+            per_thr[t].append(evaluate(gt, pred))
+    best = max(
+        thresholds, key=lambda t: (float(np.mean([m["aji"] for m in per_thr[t]])), -abs(t - 0.5))
+    )
+    keys = ("aji", "map", "pq", "f1_0.5", "f1_0.7", "dice")
+    mean = {k: float(np.mean([m[k] for m in per_thr[best]])) for k in keys}
+    mean["aji_by_threshold"] = {
+        f"{t:g}": float(np.mean([m["aji"] for m in per_thr[t]])) for t in thresholds
+    }  # type: ignore[assignment]
+    rows = [
+        {"image": im.name, "organ": im.organ, **{k: m[k] for k in keys}}
+        for im, m in zip(images, per_thr[best], strict=True)
+    ]
+    return best, mean, rows
+
+
+def train_nuclei_model(
+    data: Sequence[str | Path | NucleiSample],
+    out_dir: str | Path,
+    *,
+    encoder: str = "plain",
+    epochs: int = 50,
+    batch_size: int = 4,
+    lr: float = 1e-4,
+    patience: int = 10,
+    seed: int = 0,
+    pretrained_encoder: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    model_mpp: float = MODEL_MPP,
+    val_organs: Iterable[str] = DEFAULT_VAL_ORGANS,
+    val_names: Iterable[str] = DEFAULT_VAL_NAMES,
+    stain_normalisation: bool = True,
+    stain_reference: str | None = None,
+    plain_depth: int = 4,
+    plain_base: int = 16,
+    thresholds: Sequence[float] = THRESHOLDS,
+    max_minutes: float | None = None,
+    deterministic: bool = True,
+) -> dict[str, Any]:
+    """Train a 3-class nuclei U-Net; write best.pt, last.pt, train.json, log.csv, stain.json.
+
+    Args:
+        data: dataset folders (MoNuSeg or CPM-15 layout) and/or :class:`NucleiSample` objects.
+        out_dir: output folder (created).
+        encoder: ``"plain"`` (from-scratch :class:`PlainUNet`, depth ``plain_depth``, base width
+            ``plain_base``: the CPU option) or a torchvision encoder name (``"resnet18"``, ...).
+        epochs, batch_size, lr, patience: Adam training, early stopping on validation loss.
+        seed: seeds torch, numpy and the augmentation; same seed, same device → same weights.
+        pretrained_encoder: local state_dict file for a torchvision encoder (never downloaded).
+        model_mpp: µm/px all images are resampled to.
+        val_organs, val_names: validation split (:func:`split_by_organ`).
+        stain_reference: name of the training image to fit the stain normaliser to.
+        max_minutes: stop after the epoch that passes this wall time (None: no limit).
+        deterministic: bitwise-reproducible weights — oneDNN (mkldnn) off and torch's
+            deterministic algorithms on while training (oneDNN's CPU convolutions differ in
+            the last bits from run to run).
+
+    Returns the content of ``train.json``.
+    """
+    if not deterministic:
+        return _train(data, out_dir, locals())
+    previous, previous_mkldnn = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.mkldnn.enabled,
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
+    try:
+        return _train(data, out_dir, locals())
+    finally:
+        torch.use_deterministic_algorithms(previous)
+        torch.backends.mkldnn.enabled = previous_mkldnn  # type: ignore[assignment]
+
+
+def _train(
+    data: Sequence[str | Path | NucleiSample], out_dir: str | Path, kw: dict[str, Any]
+) -> dict[str, Any]:
+    encoder, epochs, batch_size, lr, patience, seed = (
+        kw[k] for k in ("encoder", "epochs", "batch_size", "lr", "patience", "seed")
+    )
+    pretrained_encoder, device, model_mpp, val_organs, val_names = (
+        kw[k] for k in ("pretrained_encoder", "device", "model_mpp", "val_organs", "val_names")
+    )
+    stain_normalisation, stain_reference, plain_depth, plain_base, thresholds, max_minutes = (
+        kw[k]
+        for k in (
+            "stain_normalisation",
+            "stain_reference",
+            "plain_depth",
+            "plain_base",
+            "thresholds",
+            "max_minutes",
+        )
+    )
+    val_organs, val_names = tuple(val_organs), tuple(val_names)
+    t_start = time.monotonic()
+    if epochs < 1 or batch_size < 1 or patience < 1 or not lr > 0:
+        raise BcpathError(
+            f"training: epochs, batch_size, patience ≥ 1 and lr > 0 needed; got {epochs}, {batch_size}, {patience}, {lr}"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = _gather(data)
+    train_s, val_s = split_by_organ(samples, val_organs, val_names)
+    _seed_all(seed)
+
+    normaliser = None
+    if stain_normalisation:
+        ref = (
+            train_s[0]
+            if stain_reference is None
+            else next((s for s in samples if s.name == stain_reference), None)
+        )
+        if ref is None:
+            raise BcpathError(f"stain reference {stain_reference!r}: not among the training images")
+        ref_rgb, _ = ref.load()
+        normaliser = StainNormaliser.fit(
+            resample_rgb(ref_rgb, ref.mpp, model_mpp), f"{ref.dataset}/{ref.name}"
+        )
+        normaliser.save(out / "stain.json")
+    train_im = prepare_samples(train_s, model_mpp, normaliser)
+    val_im = prepare_samples(val_s, model_mpp, normaliser, keep_original=True)
+    logger.info(
+        "prepared %d training, %d validation images (%.0f s)",
+        len(train_im),
+        len(val_im),
+        time.monotonic() - t_start,
+    )
+
+    architecture: dict[str, Any] = {"encoder": encoder, "n_classes": 3, "in_channels": 3}
+    if encoder == "plain":
+        architecture.update(depth=plain_depth, base=plain_base, dropout=0.1)
+    _seed_all(seed)
+    model = build_model(architecture, pretrained_encoder).to(device)
+    train_ds = NucleiTileDataset(train_im, TILE, TRAIN_OVERLAP, augment=True, seed=seed)
+    val_ds = NucleiTileDataset(val_im, TILE, TRAIN_OVERLAP, augment=False, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(
+        train_ds, batch_size=batch_size, shuffle=True, generator=generator, num_workers=0
+    )
+    val_loader = DataLoader(val_ds, batch_size=batch_size, shuffle=False, num_workers=0)
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+
+    log_rows: list[tuple[int, float, float, float]] = []
+    best_loss, best_epoch, stale = math.inf, 0, 0
+    stopped = "epochs"
+    for epoch in range(1, epochs + 1):
+        t0 = time.monotonic()
+        train_ds.set_epoch(epoch)
+        tr = _run_epoch(model, train_loader, device, optimiser)
+        va = _run_epoch(model, val_loader, device, None)
+        log_rows.append((epoch, tr, va, time.monotonic() - t0))
+        _write_log(out / "log.csv", log_rows)
+        logger.info("epoch %d: train %.4f val %.4f (%.0f s)", epoch, tr, va, time.monotonic() - t0)
+        if va < best_loss:
+            best_loss, best_epoch, stale = va, epoch, 0
+            _save_state(model, out / "best.pt")
+        else:
+            stale += 1
+        _save_state(model, out / "last.pt")
+        if stale >= patience:
+            stopped = "early_stopping"
+            break
+        if max_minutes is not None and time.monotonic() - t_start > 60 * max_minutes:
+            stopped = "time_limit"
+            break
+
+    model.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=True))
+    bundle = NucleiModel(model, model_mpp, TILE, 0.5, MIN_AREA_PX, normaliser, architecture, device)
+    threshold, metrics, rows = validate_thresholds(bundle, val_im, thresholds)
+    meta: dict[str, Any] = {
+        "architecture": architecture,
+        "pretrained_encoder": os.fspath(pretrained_encoder) if pretrained_encoder else None,
+        "mpp": model_mpp,
+        "tile": TILE,
+        "train_overlap": TRAIN_OVERLAP,
+        "predict_overlap": PREDICT_OVERLAP,
+        "input_normalisation": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "scale": "rgb/255"},
+        "stain_normalisation": bool(stain_normalisation),
+        "stain_reference": normaliser.reference if normaliser else None,
+        "targets": {
+            "classes": ["background", "interior", "boundary"],
+            "boundary_px": 2,
+            "w0": W0,
+            "sigma_px": SIGMA_PX,
+        },
+        "loss": "weighted cross-entropy + soft Dice",
+        "optimiser": {"name": "Adam", "lr": lr, "batch_size": batch_size},
+        "seed": seed,
+        "deterministic": kw["deterministic"],
+        "device": device,
+        "split": {
+            "val_organs": sorted({o.lower() for o in val_organs}),
+            "val_names": sorted(set(val_names)),
+            "train": [f"{s.dataset}/{s.name}" for s in train_s],
+            "val": [f"{s.dataset}/{s.name}" for s in val_s],
+        },
+        "n_train_tiles": len(train_ds),
+        "n_val_tiles": len(val_ds),
+        "epochs_requested": epochs,
+        "epochs_run": len(log_rows),
+        "stopped": stopped,
+        "patience": patience,
+        "best_epoch": best_epoch,
+        "best_val_loss": best_loss,
+        "best_sha256": _sha256(out / "best.pt"),
+        "threshold": threshold,
+        "threshold_grid": list(thresholds),
+        "min_area_px": MIN_AREA_PX,
+        "validation": {"mean": metrics, "per_image": rows},
+        "seconds": time.monotonic() - t_start,
+        "torch": torch.__version__,
+    }
+    write_json(out / "train.json", json_ready(meta))
+    return meta
+
+
+def _write_log(path: Path, rows: list[tuple[int, float, float, float]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["epoch", "train_loss", "val_loss", "seconds"])
+    writer.writerows([(e, f"{tr:.6f}", f"{va:.6f}", f"{s:.1f}") for e, tr, va, s in rows])
+    write_text(path, buffer.getvalue())
+
+
+def train_nuclei_model_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
+    """Rule train_nuclei_model: dataset folders → results/models/nuclei/{best.pt, last.pt, train.json, log.csv, stain.json}."""
+    settings = dict(params.training)
+    folders = list(input.data)
+    if not folders:
+        raise BcpathError(
+            "train_nuclei_model: nuclei.training.data lists no dataset folder; give MoNuSeg- or "
+            "CPM-15-layout folders, e.g. --config nuclei='{training: {data: [/data/monuseg]}}'"
+        )
+    device = settings.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        train_nuclei_model(
+            folders,
+            Path(output.weights).parent,
+            encoder=str(settings["encoder"]),
+            pretrained_encoder=settings.get("pretrained_encoder"),
+            epochs=int(settings["epochs"]),
+            batch_size=int(settings["batch_size"]),
+            lr=float(settings["lr"]),
+            patience=int(settings["patience"]),
+            max_minutes=settings.get("max_minutes"),
+            val_organs=tuple(settings["val_organs"]),
+            val_names=tuple(settings["val_names"]),
+            plain_base=int(settings["plain_base"]),
+            seed=int(settings["seed"]),
+            model_mpp=float(params.mpp),
+            device=device,
+        )
+    finally:
+        torch.set_num_threads(previous)
