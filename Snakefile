@@ -21,12 +21,18 @@ include: "rules/demo.smk"
 include: "rules/slides.smk"
 include: "rules/erpr_common.smk"
 include: "rules/erpr.smk"
+include: "rules/ihc_common.smk"
+include: "rules/ihc.smk"
+include: "rules/nuclei_common.smk"
+include: "rules/nuclei.smk"
 
 
 rule all:
     input:
         all_targets(),
         erpr_targets(),
+        ihc_targets(),
+        nuclei_targets(),
     default_target: True
 
 

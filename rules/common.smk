@@ -7,6 +7,7 @@ from bcpath.errors import BcpathError
 from bcpath.workflow import collect_failures
 
 DEMO_DIR = "results/demo_cohort"
+DEMO_TMA_ID = "tma_ihc_01"  # bcpath.demo.tma.TMA_SLIDE_ID (that module imports numpy: not at parse time)
 IS_DEMO = not (config.get("cohort") or config.get("samples"))
 
 
@@ -21,8 +22,24 @@ def _demo_table():
             "stain": "HE",
             "mpp": None,
             "tissue_mask": None,
+            "annotations": None,
+            "core_map": None,
+            "core_scores": None,
         }
     )
+    if config["demo"]["tma"]:
+        tma = DEMO_TMA_ID
+        row = {
+            "slide_id": tma,
+            "path": f"{DEMO_DIR}/slides/{tma}.tiff",
+            "stain": "IHC",
+            "mpp": None,
+            "tissue_mask": None,
+            "annotations": f"{DEMO_DIR}/annotations/{tma}.geojson",
+            "core_map": None,
+            "core_scores": f"{DEMO_DIR}/truth/{tma}.hscore.csv",
+        }
+        table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
     return table.set_index("slide_id", drop=False)
 
 
@@ -35,6 +52,9 @@ else:
         raise WorkflowError(str(error)) from None
 
 SLIDES = list(SAMPLES.index)
+# H&E slides go to ER/PR/HER2 (and nuclei); IHC slides to TMA dearraying and H-Scores.
+HE_SLIDES = [s for s in SLIDES if (SAMPLES.at[s, "stain"] or "HE") == "HE"]
+IHC_SLIDES = [s for s in SLIDES if SAMPLES.at[s, "stain"] == "IHC"]
 
 
 wildcard_constraints:
@@ -61,6 +81,14 @@ def failure_record(rule_name):
 
 def slide_outputs(pattern):
     return expand(pattern, slide=SLIDES)
+
+
+def he_slide_outputs(pattern):
+    return expand(pattern, slide=HE_SLIDES)
+
+
+def ihc_slide_outputs(pattern):
+    return expand(pattern, slide=IHC_SLIDES)
 
 
 def all_targets():

@@ -11,7 +11,7 @@ wildcard_constraints:
 rule train_patch_classifier:
     input:
         samples=lambda wildcards: samples_sheet(),
-        slides=lambda wildcards: list(SAMPLES["path"]),
+        slides=lambda wildcards: [SAMPLES.at[s, "path"] for s in HE_SLIDES],
     output:
         weights="results/models/{model}/best.pt",
         last="results/models/{model}/last.pt",
@@ -104,7 +104,7 @@ rule render_heatmaps:
 rule train_stage2:
     input:
         samples=lambda wildcards: samples_sheet(),
-        predictions=lambda wildcards: slide_outputs(f"results/slides/{{slide}}/predictions/{ERPR_ACTIVE[wildcards.biomarker]}.parquet"),
+        predictions=lambda wildcards: he_slide_outputs(f"results/slides/{{slide}}/predictions/{ERPR_ACTIVE[wildcards.biomarker]}.parquet"),
     output:
         model="results/cohort/stage2/{biomarker}/model.json",
         tuning="results/cohort/stage2/{biomarker}/tuning.csv",
@@ -127,7 +127,7 @@ rule evaluate_stage2:
     input:
         model="results/cohort/stage2/{biomarker}/model.json",
         samples=lambda wildcards: samples_sheet(),
-        predictions=lambda wildcards: slide_outputs(f"results/slides/{{slide}}/predictions/{ERPR_ACTIVE[wildcards.biomarker]}.parquet"),
+        predictions=lambda wildcards: he_slide_outputs(f"results/slides/{{slide}}/predictions/{ERPR_ACTIVE[wildcards.biomarker]}.parquet"),
     output:
         predictions="results/cohort/stage2/{biomarker}/predictions.csv",
         evaluation="results/cohort/stage2/{biomarker}/evaluation.json",
@@ -165,7 +165,7 @@ rule interpret_smoothgrad:
     input:
         unpack(biomarker_weights),
         predictions=lambda wildcards: model_predictions(ERPR_ACTIVE[wildcards.biomarker]),
-        tiles=lambda wildcards: slide_outputs("results/slides/{slide}/tiles.zarr"),
+        tiles=lambda wildcards: he_slide_outputs("results/slides/{slide}/tiles.zarr"),
     output:
         png=report(
             "results/cohort/interpret/{biomarker}/smoothgrad.png",
@@ -195,7 +195,7 @@ rule interpret_clusters:
     input:
         unpack(lambda wildcards: weights_inputs(ERPR_ACTIVE[ERPR["interpret"]["embedding_biomarker"]])),
         predictions=[p for m in ERPR_ACTIVE.values() for p in model_predictions(m)],
-        tiles=slide_outputs("results/slides/{slide}/tiles.zarr"),
+        tiles=he_slide_outputs("results/slides/{slide}/tiles.zarr"),
     output:
         hierarchy="results/cohort/interpret/clusters/hierarchy.json",
         clusters="results/cohort/interpret/clusters/clusters.csv",
@@ -229,7 +229,7 @@ rule interpret_tcav:
     input:
         unpack(biomarker_weights),
         predictions=lambda wildcards: model_predictions(ERPR_ACTIVE[wildcards.biomarker]),
-        tiles=lambda wildcards: slide_outputs("results/slides/{slide}/tiles.zarr"),
+        tiles=lambda wildcards: he_slide_outputs("results/slides/{slide}/tiles.zarr"),
     output:
         tcav="results/cohort/interpret/{biomarker}/tcav.json",
     log:

@@ -90,7 +90,7 @@ def stage1_weights(wildcards):
 
 def erpr_targets():
     return [
-        *[t for m in ERPR_ACTIVE.values() for t in slide_outputs(f"results/slides/{{slide}}/heatmaps/{m}.png")],
+        *[t for m in ERPR_ACTIVE.values() for t in he_slide_outputs(f"results/slides/{{slide}}/heatmaps/{m}.png")],
         *[f"results/cohort/stage2/{b}/evaluation.json" for b in STAGE2_BIOMARKERS],
     ]
 
@@ -100,7 +100,7 @@ def biomarker_weights(wildcards):
 
 
 def model_predictions(model_id):
-    return slide_outputs(f"results/slides/{{slide}}/predictions/{model_id}.parquet")
+    return he_slide_outputs(f"results/slides/{{slide}}/predictions/{model_id}.parquet")
 
 
 def interpret_targets():

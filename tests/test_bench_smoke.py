@@ -67,3 +67,11 @@ def test_inference_benchmark_quick(tmp_path):
     assert result["n_patches"] > 0 and result["ratio"] > 0
     assert set(result["patches_per_s"]) == {"full path", "model only"}
     assert not any(p.name.startswith("bcpath-bench-") for p in tmp_path.iterdir())
+
+
+def test_nuclei_benchmark_quick(tmp_path):
+    stdout, result = _run("nuclei.py", tmp_path)
+    assert "ratio slide path/segmenter only:" in stdout and "peak RSS:" in stdout
+    assert result["n_tiles"] > 0 and result["n_nuclei"] > 0 and result["ratio"] > 0
+    assert set(result["mp_per_s"]) == {"slide path", "segmenter only"}
+    assert not any(p.name.startswith("bcpath-bench-") for p in tmp_path.iterdir())

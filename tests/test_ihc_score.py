@@ -190,3 +190,23 @@ def test_cli_scores_good_images_and_names_the_bad_one(tmp_path, capsys):
     assert f"image {good}: no µm/px" in err and "--mpp" in err
     tagged_summary = json.loads((out / "tags" / "coreC.json").read_text())
     assert tagged_summary["mpp"] == pytest.approx(0.5) and tagged_summary["stains"] == "qupath"
+
+
+def test_cli_adds_the_ram_cnn_h_score_when_given_a_model(tmp_path):
+    import torch
+
+    from bcpath.ihc.ramcnn import RamCnn, predict_h_score, resize_input, save_ramcnn, sini_siti
+
+    torch.manual_seed(0)
+    model = RamCnn(size=64, width=4, hidden=8)
+    save_ramcnn(model, tmp_path / "ramcnn", {"note": "untrained, for the CLI test"})
+    ihc = data.immunohistochemistry()
+    image = tmp_path / "core.png"
+    Image.fromarray(ihc).save(image)
+    assert main(["ihc", "score", "--mpp", "0.5", "--ramcnn", str(tmp_path / "ramcnn"), str(image), "--out", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out/core.json").read_text())
+    scored = score_core(ihc, 0.5)
+    sini, siti = sini_siti(ihc, scored.nuclei > 0, None, mpp=0.5)
+    expected = predict_h_score(model, resize_input(sini, 64), resize_input(siti, 64))
+    assert 0 <= summary["h_score_ramcnn"] <= 300
+    assert summary["h_score_ramcnn"] == pytest.approx(expected, abs=1e-3)

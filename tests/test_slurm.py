@@ -4,8 +4,8 @@ Needs a running cluster with a partition `debug` (CI starts a single-node one wi
 `.ci/slurm/start.sh`, as root). Without one the tests are skipped; under CI=true they fail.
 
 The DAG (make_demo_cohort → inspect_slide → detect_tissue → tile_slide → aggregate_qc on the
-8-slide demo cohort, the smallest the config schema allows; ER/PR/HER2 training is switched off
-to keep the test within CI's time, test_workflow_demo covers it) runs once with
+8-slide demo cohort, the smallest the config schema allows; ER/PR/HER2, nuclei and the IHC TMA
+are switched off to keep the test within CI's time, test_workflow_demo covers them) runs once with
 `--workflow-profile none --profile profiles/ci-slurm` (so profiles/default does not take
 over) and, at the same time, once locally with `--cores 2` in another folder. Then:
 
@@ -45,7 +45,7 @@ PROFILE = REPO_ROOT / "profiles" / "ci-slurm"
 PARTITION = "debug"  # must match default-resources: slurm_partition in PROFILE
 SLURM_TOOLS = ("sbatch", "sinfo", "squeue", "scontrol")
 USABLE_NODE_STATES = {"idle", "mix", "alloc", "comp"}  # sinfo %t; "idle*" = not responding
-FOUNDATION_ONLY = ("--config", "demo={n_slides: 8}", "erpr={enabled: false}")
+FOUNDATION_ONLY = ("--config", "demo={n_slides: 8, tma: false}", "erpr={enabled: false}", "nuclei={enabled: false}")
 PER_SLIDE_RULES = ("inspect_slide", "detect_tissue", "tile_slide")
 RULES = ("make_demo_cohort", *PER_SLIDE_RULES, "aggregate_qc")
 RUN_TIMEOUT_S = 900

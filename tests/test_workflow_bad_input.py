@@ -69,6 +69,9 @@ def test_good_and_empty_slides_finish(bad_cohort):
     for name in ("info.json", "tissue/mask.png", "tissue/tissue.geojson", "tissue/qc.json", "grid.parquet", "patches.h5"):
         assert (good / name).is_file()
     assert len(pd.read_parquet(good / "grid.parquet")) >= 1
+    # nuclei over the whole tissue (no ER/PR/HER2 model runs here, so no tumor region)
+    assert len(pd.read_parquet(good / "nuclei/features.parquet")) > 1000
+    assert not (good / "nuclei/region.png").exists()
     empty = work / "results/slides/empty_glass"
     assert len(pd.read_parquet(empty / "grid.parquet")) == 0
     assert "no_tissue" in (empty / "tissue/qc.json").read_text()
@@ -88,7 +91,8 @@ def test_rerun_after_fix_clears_the_failure(bad_cohort, tmp_path):
     root, work, _, _ = bad_cohort
     sheet = root / "fixed.tsv"
     sheet.write_text("slide_id\tpath\tmpp\ngood\tslides/good.svs\t\nno_mpp\tslides/no_mpp.svs\t2.0\n")
-    result = run_snakemake(work, "--cores", "2", "--config", f"samples={sheet}")
+    # no_mpp's stated 2 µm/px is too coarse for nuclei (segment_nuclei would refuse it): foundation only
+    result = run_snakemake(work, "--cores", "2", "--config", f"samples={sheet}", "nuclei={enabled: false}")
     assert result.returncode == 0, result.stderr[-3000:]
     failures = pd.read_csv(work / "results/cohort/failures.csv")
     assert len(failures) == 0

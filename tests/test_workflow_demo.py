@@ -32,7 +32,9 @@ def demo_run(tmp_path_factory):
 
 
 def _demo_slides(work):
-    return pd.read_csv(work / "results/demo_cohort/samples.tsv", sep="\t").set_index("slide_id", drop=False)
+    """The demo's H&E slides (the IHC TMA has its own tests below)."""
+    samples = pd.read_csv(work / "results/demo_cohort/samples.tsv", sep="\t").set_index("slide_id", drop=False)
+    return samples[samples.stain == "HE"]
 
 
 def test_demo_cohort_has_labels_splits_and_annotations(demo_run):
@@ -66,7 +68,7 @@ def test_every_demo_slide_has_all_outputs(demo_run):
         with h5py.File(folder / "patches.h5") as handle:
             np.testing.assert_array_equal(handle["coords"][:], grid[["x0", "y0"]].to_numpy())
     qc = pd.read_csv(demo_run / "results/cohort/qc.csv")
-    assert sorted(qc.slide_id) == sorted(samples.index)
+    assert sorted(qc.slide_id) == sorted([*samples.index, "tma_ihc_01"])
     assert (qc.n_tiles > 0).all()
 
 
@@ -200,6 +202,74 @@ def test_stage2_outputs_for_each_biomarker(demo_run):
         evaluation = json.loads((folder / "evaluation.json").read_text())
         assert evaluation["bootstrap"]["resamples"] == 1000
         assert (folder / "roc.png").stat().st_size > 1000
+
+
+def test_demo_nuclei_are_segmented_in_the_tumor_region_and_match_the_planted_ones(demo_run):
+    from scipy.spatial import cKDTree
+
+    samples = _demo_slides(demo_run)
+    for slide in samples.index:
+        folder = demo_run / "results/slides" / slide / "nuclei"
+        assert len(pd.read_parquet(folder / "features.parquet")) > 500, slide
+        assert (folder / "labels.zarr").is_dir() and (folder / "region.png").is_file()
+    slide = samples.index[samples.split == "test"][0]
+    folder = demo_run / "results/slides" / slide
+    features = pd.read_parquet(folder / "nuclei/features.parquet")
+    region = read_mask(folder / "nuclei/region.png")
+    mask_mpp = json.loads((folder / "tissue/qc.json").read_text())["mask_mpp"]
+    truth = pd.read_csv(demo_run / "results/demo_cohort/truth" / f"{slide}.nuclei.csv")
+    rows, cols = (truth.y * 0.5 / mask_mpp).astype(int), (truth.x * 0.5 / mask_mpp).astype(int)
+    in_region = truth[region[rows.clip(0, region.shape[0] - 1), cols.clip(0, region.shape[1] - 1)]]
+    found = features[["centroid_x_level0_px", "centroid_y_level0_px"]].to_numpy()
+    planted = in_region[["x", "y"]].to_numpy()
+    to_truth, _ = cKDTree(truth[["x", "y"]].to_numpy()).query(found)
+    to_found, _ = cKDTree(found).query(planted)
+    assert len(planted) > 1000
+    assert (to_truth * 0.5 <= 5).mean() > 0.9  # precision: each nucleus found is a planted one (within 5 µm)
+    assert (to_found[in_region.kind.to_numpy() == "tumor"] * 0.5 <= 5).mean() > 0.9  # recall of tumor nuclei
+
+
+def test_demo_tma_is_dearrayed_into_its_planted_cores(demo_run):
+    cores = pd.read_parquet(demo_run / "results/slides/tma_ihc_01/ihc/cores.parquet").set_index("core_id")
+    truth = pd.read_csv(demo_run / "results/demo_cohort/truth/tma_ihc_01.cores.csv").set_index("core_id")
+    assert sorted(cores.index[~cores.missing]) == sorted(truth.index)
+    assert list(cores.index[cores.missing]) == ["B4"]  # the empty grid position
+    offset_um = np.hypot(cores.loc[truth.index, "x"] - truth.x, cores.loc[truth.index, "y"] - truth.y) * 0.5
+    assert offset_um.max() < 15, offset_um.describe()
+
+
+def test_demo_hscore_table_has_every_core_and_column(demo_run):
+    from bcpath.ihc.steps import HSCORE_COLUMNS
+
+    table = pd.read_csv(demo_run / "results/cohort/hscore.csv", dtype={"flags": str}).set_index("core_id")
+    assert list(table.columns[: len(HSCORE_COLUMNS) - 1]) == [c for c in HSCORE_COLUMNS if c != "core_id"]
+    assert len(table) == 20 and table.loc["B4", "flags"] == "missing"
+    present = table.drop(index="B4")
+    for column in ("h_score_ramcnn", "h_score_cells", "h_score_nap", "percent_positive", "allred", "tumor_fraction"):
+        assert present[column].notna().all(), column
+    assert present.h_score_cells.between(0, 300).all() and present.h_score_ramcnn.between(0, 300).all()
+    assert (present.n_neg + present.n1 + present.n2 + present.n3 == present.n_cells).all()
+    assert present.ramcnn_source.str.startswith("cv_fold_").all()  # every demo core has a reference: held-out predictions
+    cells = read_geojson(demo_run / "results/slides/tma_ihc_01/ihc/cells.geojson")
+    classes = {f["properties"]["classification"]["name"] for f in cells}
+    assert {"TMA core", "Negative", "1+", "2+", "3+"} <= classes
+    overlay = demo_run / "results/slides/tma_ihc_01/ihc/cores/A1/overlay.png"
+    assert overlay.stat().st_size > 10_000
+
+
+def test_demo_cell_scoring_recovers_the_planted_h_scores(demo_run):
+    """The issue's target: cell-based H-Score within 15 points MAE of the planted truth."""
+    table = pd.read_csv(demo_run / "results/cohort/hscore.csv", dtype={"flags": str}).set_index("core_id")
+    truth = pd.read_csv(demo_run / "results/demo_cohort/truth/tma_ihc_01.hscore.csv").set_index("core_id")
+    error = table.loc[truth.index, "h_score_cells"] - truth.h_score
+    assert error.abs().mean() <= 15, error.round(1).to_dict()
+    assert np.corrcoef(table.loc[truth.index, "h_score_cells"], truth.h_score)[0, 1] > 0.95
+    low = truth.index[truth.tumor_fraction < 0.15]
+    assert len(low) == 1 and "low_tumor" in table.loc[low[0], "flags"]
+    assert not table.drop(index=[*low, "B4"])["flags"].fillna("").str.contains("low_tumor").any()
+    agreement = json.loads((demo_run / "results/cohort/ihc/agreement.json").read_text())["metrics"]
+    assert agreement["h_score_cells"]["mae"] == pytest.approx(error.abs().mean(), abs=0.01)
+    assert agreement["h_score_ramcnn"]["n"] == 19
 
 
 def test_default_run_writes_only_results_logs_benchmarks(demo_run):

@@ -126,7 +126,7 @@ def aggregate_qc_step(input: Any, output: Any, **_: Any) -> None:
 def make_demo_cohort_step(output: Any, params: Any, threads: int = 1, **_: Any) -> None:
     from bcpath.demo import make_demo_cohort
 
-    make_demo_cohort(Path(output.samples).parent, n_slides=params.n_slides, seed=params.seed, threads=threads)
+    make_demo_cohort(Path(output.samples).parent, n_slides=params.n_slides, seed=params.seed, threads=threads, tma=params.tma)
 
 
 __all__ = ["inspect_slide", "open_from_info", "cohort_qc_table", "write_json"]

@@ -9,6 +9,8 @@ Layout written under ``out_dir``::
     truth/{slide_id}.nuclei.csv       every planted nucleus (x, y, radius_um, kind, ...)
     truth/{slide_id}.mitoses.csv      planted mitotic figures (x, y)
 
+and, with ``tma=True``, the IHC tissue microarray ``tma_ihc_01`` (see :mod:`bcpath.demo.tma`).
+
 Importing this module is cheap (no numpy/OpenCV), so a Snakefile can call
 ``demo_slide_ids`` at parse time.
 
@@ -74,6 +76,8 @@ SAMPLE_COLUMNS = (
     "split",
     "patient_id",
     "annotations",
+    "core_map",
+    "core_scores",
 )
 
 
@@ -209,6 +213,7 @@ def make_demo_cohort(
     threads: int = 1,
     *,
     size: tuple[int, int] | None = None,
+    tma: bool = False,
 ) -> None:
     """Write the synthetic H&E demo cohort under ``out_dir`` (layout in the module docstring).
 
@@ -225,6 +230,8 @@ def make_demo_cohort(
         threads: slides painted in parallel (one process each) when > 1.
         size: (width, height) px override for every slide, for fast tests; default draws
             8000-10000 × 6000-8000 px per slide.
+        tma: also write the IHC tissue microarray slide of :mod:`bcpath.demo.tma` (its row
+            in samples.tsv has stain IHC, its annotations and its per-core reference H-Scores).
     """
     if n_slides < 1:
         raise ValueError(f"make_demo_cohort: n_slides must be ≥ 1, got {n_slides}")
@@ -240,7 +247,12 @@ def make_demo_cohort(
         # is the rule script under Snakemake.
         with ThreadPoolExecutor(max_workers=workers) as pool:
             records = list(pool.map(lambda i: _run_worker(out_dir, seed, i, size), range(n_slides)))
-    write_samples_tsv(out_dir / "samples.tsv", records)
+    tma_record = None
+    if tma:
+        from bcpath.demo.tma import make_demo_tma
+
+        tma_record = make_demo_tma(out_dir, seed)
+    write_samples_tsv(out_dir / "samples.tsv", records, tma_record)
     write_json(
         out_dir / "cohort.json",
         {
@@ -251,13 +263,17 @@ def make_demo_cohort(
             "mpp": DEMO_MPP,
             "stain": "HE",
             "slides": records,
+            "tma": tma_record,
         },
     )
     logger.info("demo cohort: %d slides in %s (%.1fs)", n_slides, out_dir, time.perf_counter() - started)
 
 
-def write_samples_tsv(path: Path, records: list[dict[str, Any]]) -> None:
-    """Write the sample sheet (columns ``SAMPLE_COLUMNS``) from slide records, atomically."""
+def write_samples_tsv(path: Path, records: list[dict[str, Any]], tma: dict[str, Any] | None = None) -> None:
+    """Write the sample sheet (columns ``SAMPLE_COLUMNS``) from slide records, atomically.
+
+    ``tma`` is the IHC TMA slide's record (:func:`bcpath.demo.tma.make_demo_tma`), written last.
+    """
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         out = csv.writer(handle, delimiter="\t", lineterminator="\n")
         out.writerow(SAMPLE_COLUMNS)
@@ -265,8 +281,12 @@ def write_samples_tsv(path: Path, records: list[dict[str, Any]]) -> None:
             out.writerow(
                 [
                     r["slide_id"], r["path"], r["mpp"], "HE", r["ER"], r["PR"], r["HER2"],
-                    r["grade"], r["proliferation"], r["split"], r["patient_id"], r["annotations"],
+                    r["grade"], r["proliferation"], r["split"], r["patient_id"], r["annotations"], "", "",
                 ]
+            )
+        if tma is not None:
+            out.writerow(
+                [tma["slide_id"], tma["path"], tma["mpp"], "IHC", "", "", "", "", "", "", "", tma["annotations"], "", tma["core_scores"]]
             )
 
 

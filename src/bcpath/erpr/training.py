@@ -185,7 +185,7 @@ def sample_training_patches(
     mpps: dict[str, float | None] = {}
     for position, (_, row) in enumerate(table.iterrows()):
         split = _value(row, "split")
-        if split not in ("train", "tune"):
+        if split not in ("train", "tune") or (_value(row, "stain") or "HE") != "HE":
             continue
         slide_id = str(_value(row, "slide_id") or row.name)
         annotations = _value(row, "annotations")

@@ -60,8 +60,14 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def score_one(path: Path, out: Path, mpp: float | None, stains: str) -> dict[str, Any]:
-    """Score one image file and write its ``.cells.csv`` and ``.json``; returns the summary."""
+def score_one(path: Path, out: Path, mpp: float | None, stains: str, ramcnn: Any = None) -> dict[str, Any]:
+    """Score one image file and write its ``.cells.csv`` and ``.json``; returns the summary.
+
+    ``ramcnn``: a :class:`bcpath.ihc.ramcnn.RamCnn` (from :func:`bcpath.ihc.ramcnn.load_ramcnn`);
+    its H-Score is computed from the image's SINI/SITI (nuclei from cell scoring, the whole
+    tissue as the tumor mask) resized to the model's input, so the image should frame one whole
+    core as the training cores were.
+    """
     from bcpath.ihc.score import score_core
     from bcpath.images import MPP_RANGE, image_mpp
 
@@ -78,7 +84,14 @@ def score_one(path: Path, out: Path, mpp: float | None, stains: str) -> dict[str
         writer.writeheader()
         for row in result.cell_rows():
             writer.writerow({**row, "x": f"{row['x']:.2f}", "y": f"{row['y']:.2f}", "dab_od_mean": f"{row['dab_od_mean']:.4f}"})
-    summary = {"image": str(path), **result.summary, "h_score_ramcnn": None}
+    h_ramcnn = None
+    if ramcnn is not None:
+        from bcpath.ihc.ramcnn import predict_h_score, resize_input, sini_siti
+
+        sini, siti = sini_siti(rgb, result.nuclei > 0 if result.nuclei is not None else None, None, stains=stains, mpp=image_um)
+        size = int(ramcnn.config["size"])
+        h_ramcnn = predict_h_score(ramcnn, resize_input(sini, size), resize_input(siti, size))
+    summary = {"image": str(path), **result.summary, "h_score_ramcnn": h_ramcnn}
     (out / f"{path.stem}.json").write_text(json.dumps(_json_ready(summary), indent=2) + "\n")
     logger.info(
         "%s: %d cells, H-Score %.1f (NAP %.1f), Allred %d%s",
@@ -88,7 +101,9 @@ def score_one(path: Path, out: Path, mpp: float | None, stains: str) -> dict[str
     return summary
 
 
-def score_files(images: Sequence[str | Path], out: str | Path, mpp: float | None = None, stains: str = "liu2019") -> tuple[list[Path], list[str]]:
+def score_files(
+    images: Sequence[str | Path], out: str | Path, mpp: float | None = None, stains: str = "liu2019", ramcnn: str | Path | None = None
+) -> tuple[list[Path], list[str]]:
     """Score each image into ``out``; an image that fails does not stop the others.
 
     Returns:
@@ -100,13 +115,18 @@ def score_files(images: Sequence[str | Path], out: str | Path, mpp: float | None
     from bcpath.images import image_inputs
 
     paths = image_inputs(images, mpp, ".json")
+    model = None
+    if ramcnn is not None:
+        from bcpath.ihc.ramcnn import load_ramcnn
+
+        model, _ = load_ramcnn(ramcnn)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     done: list[Path] = []
     errors: list[str] = []
     for path in paths:
         try:
-            score_one(path, out, mpp, stains)
+            score_one(path, out, mpp, stains, model)
         except BcpathError as error:
             message = str(error) if str(path) in str(error) else f"image {path}: {error}"
             errors.append(message)
@@ -116,7 +136,7 @@ def score_files(images: Sequence[str | Path], out: str | Path, mpp: float | None
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    done, errors = score_files(args.images, args.out, args.mpp, args.stains)
+    done, errors = score_files(args.images, args.out, args.mpp, args.stains, args.ramcnn)
     for message in errors:
         print(f"bcpath: {message}", file=sys.stderr)
     print(f"{len(done)} of {len(done) + len(errors)} images scored into {args.out}")
@@ -133,5 +153,6 @@ def add_ihc_subparser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     score.add_argument("images", nargs="+", metavar="IMAGE", help="IHC image(s): RGB TIFF, PNG or JPEG")
     score.add_argument("--mpp", type=float, help="µm/px of the images (default: from the TIFF tags)")
     score.add_argument("--stains", choices=STAIN_CHOICES, default="liu2019", help="stain vectors (default liu2019)")
+    score.add_argument("--ramcnn", metavar="DIR", help="trained RAM-CNN folder (ramcnn.pt + ramcnn.json, e.g. results/models/ramcnn) for h_score_ramcnn")
     score.add_argument("--out", required=True, help="output folder")
     score.set_defaults(func=_cmd_score)

@@ -173,6 +173,7 @@ class CoreScore:
         x, y: (N,) float64 nucleus centroids of the scored cells, image px (x = column).
         dab_od_mean: (N,) float64 mean nuclear DAB OD.
         classes: (N,) int8 intensity class, 0 negative .. 3 strong (names in ``CLASS_NAMES``).
+        nuclei: (H, W) int32 label image of every detected nucleus (scored or not; 0 = none).
         summary: h_score_cells, h_score_nap, n_neg, n1, n2, n3, percent_positive, allred,
             allred_proportion, allred_intensity, n_cells, flags, and QC numbers
             (tissue_fraction, dab_p99, nap_pct_weak/moderate/strong, mpp, stains).
@@ -183,6 +184,7 @@ class CoreScore:
     dab_od_mean: np.ndarray
     classes: np.ndarray
     summary: dict[str, Any] = field(default_factory=dict)
+    nuclei: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.x)
@@ -301,4 +303,5 @@ def score_core(
         dab_od_mean=det.dab_od_mean[keep],
         classes=classes.astype(np.int8),
         summary=summary,
+        nuclei=det.nuclei,
     )

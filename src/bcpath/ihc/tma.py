@@ -427,7 +427,8 @@ def dearray(
         mpp: µm/px of the mask.
         core_diameter_um: expected core diameter (µm).
         core_map: optional CSV path (see :func:`read_core_map`); overrides detection.
-        slide_mpp: µm/px of level 0. When given, detected x, y are scaled to level-0 px.
+        slide_mpp: µm/px of level 0. When given, detected x, y (mask pixel centres) are scaled
+            to level-0 px.
         expected_spacing_um: grid spacing (µm); None estimates it.
         tolerance: accepted relative deviation of the core diameter.
 
@@ -443,8 +444,9 @@ def dearray(
         if not (math.isfinite(slide_mpp) and slide_mpp > 0):
             raise BcpathError(f"TMA: slide µm/px {slide_mpp} must be a positive number; give e.g. 0.25")
         factor = mpp / slide_mpp
-        grid["x"] = grid["x"] * factor
-        grid["y"] = grid["y"] * factor
+        # Mask pixel (i, j) covers level-0 [i·f, (i+1)·f): its centre is at (i + 0.5)·f.
+        grid["x"] = (grid["x"] + 0.5) * factor
+        grid["y"] = (grid["y"] + 0.5) * factor
         grid.attrs["coords"] = "level0"
     else:
         grid.attrs["coords"] = "mask"

@@ -409,13 +409,15 @@ def _outline(image: NDArray[np.bool_], top: int, left: int, scale: float) -> lis
     Marching squares at level 0.5 puts the outline on the pixel edges (area ≈ pixel count),
     simplified to 0.25 px; the largest piece is used for a nucleus trimmed into pieces.
     """
-    from skimage.measure import approximate_polygon, find_contours
+    import cv2
+    from skimage.measure import find_contours
 
     padded = np.pad(image.astype(np.float32), 1)
     contours = find_contours(padded, 0.5)
     if contours:
         ring = max(contours, key=len)
-        ring = approximate_polygon(ring, tolerance=0.25)
+        # Douglas-Peucker in C (skimage's approximate_polygon took 3.5 ms per nucleus)
+        ring = cv2.approxPolyDP(ring.astype(np.float32).reshape(-1, 1, 2), 0.25, True).reshape(-1, 2).astype(np.float64)
     if not contours or len(ring) < 4:
         ys, xs = np.nonzero(image)
         y0, y1, x0, x1 = ys.min() - 0.5, ys.max() + 0.5, xs.min() - 0.5, xs.max() + 0.5
@@ -427,6 +429,20 @@ def _outline(image: NDArray[np.bool_], top: int, left: int, scale: float) -> lis
     if coords[0] != coords[-1]:
         coords.append(coords[0])
     return coords
+
+
+def _solidity(image: NDArray[np.bool_]) -> float:
+    """Pixel count / area of the convex hull of the pixels' corners (0-1].
+
+    skimage's ``solidity`` rasterises the hull per nucleus (2 ms each); this polygon hull is
+    the same up to the hull's boundary pixels.
+    """
+    import cv2
+
+    ys, xs = np.nonzero(image)
+    corners = np.concatenate([np.stack([xs + dx, ys + dy], axis=1) for dx in (0, 1) for dy in (0, 1)]).astype(np.float32)
+    hull_area = float(cv2.contourArea(cv2.convexHull(corners)))
+    return min(1.0, len(xs) / hull_area) if hull_area > 0 else 1.0
 
 
 # --------------------------------------------------------------------------- per tile
@@ -476,17 +492,23 @@ def _stitch_tile(
     empty = {name: np.zeros(0, dtype=dtype) for name, dtype in FEATURE_COLUMNS.items()}
     if not labels.any():
         return empty, []
-    ids, inverse = np.unique(labels.astype(np.int64, copy=False), return_inverse=True)
-    inverse = inverse.reshape(labels.shape)
-    if ids[0] != 0:  # no background in the tile: shift so index 0 means background
-        inverse = inverse + 1
+    top_label = int(labels.max())
+    if labels.min() >= 0 and top_label <= labels.size:
+        # Labels are already small non-negative ids (0 = background): use them as they are
+        # (np.unique's sort was a quarter of the slide path); ids without pixels are dropped below.
+        inverse = labels.astype(np.int64, copy=False)
+    else:
+        ids, inverse = np.unique(labels.astype(np.int64, copy=False), return_inverse=True)
+        inverse = inverse.reshape(labels.shape)
+        if ids[0] != 0:  # no background in the tile: shift so index 0 means background
+            inverse = inverse + 1
     n = int(inverse.max())
     counts = np.bincount(inverse.ravel(), minlength=n + 1).astype(np.float64)
     yy, xx = np.indices(labels.shape)
     cy = np.bincount(inverse.ravel(), weights=yy.ravel(), minlength=n + 1) / np.maximum(counts, 1) + y0
     cx = np.bincount(inverse.ravel(), weights=xx.ravel(), minlength=n + 1) / np.maximum(counts, 1) + x0
 
-    keep = np.ones(n + 1, dtype=bool)
+    keep = counts > 0
     keep[0] = False
     # Nuclei touching a window edge that is not the slide edge are cut: not this tile's.
     edge = np.zeros(n + 1, dtype=bool)
@@ -552,7 +574,7 @@ def _stitch_tile(
         columns["major_axis_um"][index] = prop.axis_major_length * model_mpp
         columns["minor_axis_um"][index] = prop.axis_minor_length * model_mpp
         columns["eccentricity"][index] = prop.eccentricity
-        columns["solidity"][index] = prop.solidity
+        columns["solidity"][index] = _solidity(prop.image)
         columns["hematoxylin_od_mean"][index] = mean[0]
         columns["red_mean"][index] = mean[1]
         columns["green_mean"][index] = mean[2]

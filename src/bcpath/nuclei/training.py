@@ -57,6 +57,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pandas as pd
 import torch
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
@@ -847,3 +848,46 @@ def train_nuclei_model_step(input: Any, output: Any, params: Any, threads: int =
         )
     finally:
         torch.set_num_threads(previous)
+
+
+def evaluate_dataset(folders: Sequence[str | Path], segmenter: Any) -> pd.DataFrame:
+    """Seed 2's Table 2 for annotated dataset folders: one row per image, then the mean.
+
+    Args:
+        folders: MoNuSeg- or CPM-15-layout folders (:func:`list_nuclei_folder`).
+        segmenter: ``(rgb, mpp) -> labels`` (:func:`bcpath.nuclei.slide.get_segmenter`).
+
+    Returns:
+        DataFrame dataset, image, organ, mpp, aji, map, f1/precision/recall at 0.5 and 0.7, pq,
+        dice; the last row has image "mean".
+    """
+    from bcpath.nuclei.metrics import evaluate
+
+    rows: list[dict[str, Any]] = []
+    for folder in folders:
+        for sample in list_nuclei_folder(folder):
+            rgb, truth = sample.load()
+            scores = evaluate(truth, np.asarray(segmenter(rgb, sample.mpp)))
+            rows.append({"dataset": sample.dataset, "image": sample.name, "organ": sample_organ(sample), "mpp": sample.mpp, **scores})
+    table = pd.DataFrame(rows)
+    if len(table):
+        mean = table.drop(columns=["dataset", "image", "organ"]).mean(numeric_only=True).to_dict()
+        table = pd.concat([table, pd.DataFrame([{"dataset": "", "image": "mean", "organ": "", **mean}])], ignore_index=True)
+    return table
+
+
+def evaluate_dataset_step(input: Any, output: Any, params: Any, **_: Any) -> None:
+    """Rule evaluate_nuclei: results/cohort/nuclei/evaluation.csv for nuclei.evaluation.data."""
+    from bcpath.nuclei.slide import get_segmenter
+
+    folders = list(input.data)
+    if not folders:
+        raise BcpathError(
+            "evaluate_nuclei: nuclei.evaluation.data lists no dataset folder; give annotated MoNuSeg- or CPM-15-layout folders"
+        )
+    table = evaluate_dataset(folders, get_segmenter(params.model))
+    with atomic_path(output.csv) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    if len(table):
+        mean = table.iloc[-1]
+        logger.info("nuclei %s on %d images: AJI %.3f, mAP %.3f, PQ %.3f", params.model, len(table) - 1, mean["aji"], mean["map"], mean["pq"])

@@ -1,0 +1,128 @@
+# IHC H-Score on tissue microarrays (Liu et al. 2019): slides with stain IHC in the sample sheet.
+# dearray_tma → score_tma (cell scoring, NAP, QC flags, SINI/SITI) → collect_ihc_cores →
+# [train_ramcnn] → aggregate_hscore (results/cohort/hscore.csv). Logic: bcpath.ihc.steps;
+# set-up and input functions: rules/ihc_common.smk.
+
+
+rule dearray_tma:
+    input:
+        slide=slide_path,
+        info="results/slides/{slide}/info.json",
+        core_map=core_map_input,
+    output:
+        cores="results/slides/{slide}/ihc/cores.parquet",
+    log:
+        "logs/dearray_tma/{slide}.log",
+    params:
+        ihc=IHC,
+        mask_mpp=config["tissue"]["mask_mpp"],
+        core_map=sheet_value("core_map"),
+        failure_record=failure_record("dearray_tma"),
+    # a thumbnail and morphology on it
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/ihc.yaml"
+    script:
+        "../workflow_scripts/dearray_tma.py"
+
+
+rule score_tma:
+    input:
+        slide=slide_path,
+        info="results/slides/{slide}/info.json",
+        cores="results/slides/{slide}/ihc/cores.parquet",
+        annotations=annotations_input,
+    output:
+        scores="results/slides/{slide}/ihc/scores.parquet",
+        geojson="results/slides/{slide}/ihc/cells.geojson",
+        cores=directory("results/slides/{slide}/ihc/cores"),
+    log:
+        "logs/score_tma/{slide}.log",
+    benchmark:
+        "benchmarks/score_tma/{slide}.tsv"
+    params:
+        ihc=IHC,
+        annotations=sheet_value("annotations"),
+        min_blur_score=config["qc"]["min_blur_score"],
+        failure_record=failure_record("score_tma"),
+    # cores one after another; deconvolution and watershed are single-threaded numpy/scipy
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=60,
+    conda:
+        "../envs/ihc.yaml"
+    script:
+        "../workflow_scripts/score_tma.py"
+
+
+rule collect_ihc_cores:
+    input:
+        scores=ihc_slide_outputs("results/slides/{slide}/ihc/scores.parquet"),
+        core_scores=[p for s in IHC_SLIDES if (p := optional_value(SAMPLES, s, "core_scores"))],
+        npz=ihc_slide_outputs("results/slides/{slide}/ihc/cores"),
+    output:
+        table="results/cohort/ihc/cores.csv",
+    log:
+        "logs/collect_ihc_cores/cohort.log",
+    params:
+        core_scores={s: optional_value(SAMPLES, s, "core_scores") for s in IHC_SLIDES},
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/ihc.yaml"
+    script:
+        "../workflow_scripts/collect_ihc_cores.py"
+
+
+rule train_ramcnn:
+    input:
+        cores="results/cohort/ihc/cores.csv",
+    output:
+        model=directory("results/models/ramcnn"),
+        cv="results/cohort/ihc/ramcnn_cv.csv",
+        metrics="results/cohort/ihc/ramcnn_metrics.json",
+    log:
+        "logs/train_ramcnn/cohort.log",
+    benchmark:
+        "benchmarks/train_ramcnn/cohort.tsv"
+    params:
+        ramcnn=RAMCNN,
+    # one thread: on 2 busy cores, 2 intra-op threads ran 20x slower (oversubscription); CUDA when present
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=1 if RAMCNN.get("device") == "cuda" else 0,
+    conda:
+        "../envs/ihc.yaml"
+    script:
+        "../workflow_scripts/train_ramcnn.py"
+
+
+rule aggregate_hscore:
+    input:
+        unpack(ramcnn_inputs),
+        cores="results/cohort/ihc/cores.csv",
+    output:
+        csv="results/cohort/hscore.csv",
+        agreement="results/cohort/ihc/agreement.json",
+        scatter=report(
+            "results/cohort/ihc/hscore_scatter.png",
+            category="IHC H-Score",
+        ),
+    log:
+        "logs/aggregate_hscore/cohort.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/ihc.yaml"
+    script:
+        "../workflow_scripts/aggregate_hscore.py"

@@ -1,0 +1,59 @@
+# IHC set-up shared by rules/ihc.smk: whether RAM-CNN trains, targets and input functions.
+from pathlib import Path
+
+import pandas as pd
+
+IHC = config["ihc"]
+RAMCNN = IHC["ramcnn"]
+
+
+def _reference_core_count():
+    """Cores with a reference H-Score in the sheet's core_scores files (parse time)."""
+    if IS_DEMO:
+        return 19 if config["demo"]["tma"] else 0  # bcpath.demo.tma: 19 cores, all with references
+    total = 0
+    for slide in IHC_SLIDES:
+        path = optional_value(SAMPLES, slide, "core_scores") if "core_scores" in SAMPLES.columns else None
+        if path and Path(path).is_file():
+            table = pd.read_csv(path)
+            column = "reference_h_score" if "reference_h_score" in table.columns else "h_score"
+            total += int(table[column].notna().sum()) if column in table.columns else 0
+    return total
+
+
+_N_REFERENCE_CORES = _reference_core_count() if IHC_SLIDES else 0
+RAMCNN_ACTIVE = bool(IHC_SLIDES) and (
+    RAMCNN["enabled"] is True or (RAMCNN["enabled"] == "auto" and _N_REFERENCE_CORES >= 2 * RAMCNN["folds_k"])
+)
+if IHC_SLIDES and RAMCNN["enabled"] == "auto" and not RAMCNN_ACTIVE:
+    logger.info(
+        f"bcpath: RAM-CNN skipped: {_N_REFERENCE_CORES} core(s) with reference H-Scores, leave-{RAMCNN['folds_k']}-out "
+        f"needs {2 * RAMCNN['folds_k']} (ihc.ramcnn.enabled: auto); cell scoring and NAP still run"
+    )
+
+
+def ihc_targets():
+    if not IHC_SLIDES:
+        return []
+    return [
+        *ihc_slide_outputs("results/slides/{slide}/ihc/cells.geojson"),
+        "results/cohort/hscore.csv",
+    ]
+
+
+def ramcnn_inputs(wildcards):
+    if not RAMCNN_ACTIVE:
+        return {}
+    return {"model": "results/models/ramcnn", "cv": "results/cohort/ihc/ramcnn_cv.csv"}
+
+
+
+
+def core_map_input(wildcards):
+    path = optional_value(SAMPLES, wildcards.slide, "core_map")
+    return [path] if path else []
+
+
+def annotations_input(wildcards):
+    path = optional_value(SAMPLES, wildcards.slide, "annotations")
+    return [path] if path else []

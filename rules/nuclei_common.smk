@@ -1,0 +1,39 @@
+# Nuclei set-up shared by rules/nuclei.smk: the model, the region, targets and input functions.
+from pathlib import Path
+
+NUCLEI = dict(config["nuclei"])
+# A model path is read relative to the run folder, else to the workflow (models/nuclei_unet).
+if NUCLEI["model"] not in ("otsu", "watershed", "fiji") and not Path(NUCLEI["model"]).exists():
+    if (Path(workflow.basedir) / NUCLEI["model"]).exists():
+        NUCLEI["model"] = str(Path(workflow.basedir) / NUCLEI["model"])
+    elif NUCLEI["enabled"]:
+        raise WorkflowError(
+            f"nuclei.model: {NUCLEI['model']} is neither a classical baseline (otsu, watershed, fiji) "
+            "nor an existing model folder; give e.g. models/nuclei_unet or a `bcpath nuclei train` output"
+        )
+NUCLEI_MODEL_FILES = (
+    [str(p) for p in Path(NUCLEI["model"]).glob("*") if p.suffix in (".pt", ".json")]
+    if Path(NUCLEI["model"]).is_dir()
+    else ([NUCLEI["model"]] if Path(NUCLEI["model"]).is_file() else [])
+)
+# The tumor region comes from the first active ER/PR/HER2 stage-1 model's patch predictions.
+NUCLEI_REGION_MODEL = next(iter(ERPR_ACTIVE.values()), None)
+if NUCLEI["region"] == "tumor" and NUCLEI_REGION_MODEL is None and NUCLEI["enabled"]:
+    raise WorkflowError(
+        "nuclei.region: tumor needs an ER/PR/HER2 stage-1 model (none runs: see erpr.enabled and "
+        "the model registry); set nuclei.region to tissue or auto"
+    )
+NUCLEI_IN_TUMOR = NUCLEI["region"] != "tissue" and NUCLEI_REGION_MODEL is not None
+
+
+def nuclei_targets():
+    if not NUCLEI["enabled"]:
+        return []
+    return [
+        *he_slide_outputs("results/slides/{slide}/nuclei/features.parquet"),
+        *he_slide_outputs("results/slides/{slide}/nuclei/nuclei.geojson"),
+    ]
+
+
+def nuclei_region(wildcards):
+    return {"region": f"results/slides/{wildcards.slide}/nuclei/region.png"} if NUCLEI_IN_TUMOR else {}

@@ -1,0 +1,5 @@
+"""Rule score_tma: thin adapter; the logic is bcpath.ihc.steps.score_tma_step."""
+
+from bcpath.workflow import run_rule
+
+run_rule(snakemake, "bcpath.ihc.steps:score_tma_step")  # noqa: F821 (snakemake is injected)
