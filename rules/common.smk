@@ -53,6 +53,12 @@ else:
 
 SLIDES = list(SAMPLES.index)
 # H&E slides go to ER/PR/HER2 (and nuclei); IHC slides to TMA dearraying and H-Scores.
+# IHC rows whose file is a PNG/JPEG are single-core images: no slide foundation (OpenSlide) for them.
+CORE_IMAGES = [
+    s for s in SLIDES
+    if SAMPLES.at[s, "stain"] == "IHC" and str(SAMPLES.at[s, "path"]).lower().endswith((".png", ".jpg", ".jpeg"))
+]
+WSI_SLIDES = [s for s in SLIDES if s not in CORE_IMAGES]
 HE_SLIDES = [s for s in SLIDES if (SAMPLES.at[s, "stain"] or "HE") == "HE"]
 IHC_SLIDES = [s for s in SLIDES if SAMPLES.at[s, "stain"] == "IHC"]
 
@@ -80,7 +86,7 @@ def failure_record(rule_name):
 
 
 def slide_outputs(pattern):
-    return expand(pattern, slide=SLIDES)
+    return expand(pattern, slide=WSI_SLIDES)
 
 
 def he_slide_outputs(pattern):

@@ -6,8 +6,7 @@
 
 rule dearray_tma:
     input:
-        slide=slide_path,
-        info="results/slides/{slide}/info.json",
+        unpack(ihc_slide_inputs),
         core_map=core_map_input,
     output:
         cores="results/slides/{slide}/ihc/cores.parquet",
@@ -17,6 +16,9 @@ rule dearray_tma:
         ihc=IHC,
         mask_mpp=config["tissue"]["mask_mpp"],
         core_map=sheet_value("core_map"),
+        core_image=lambda wildcards: wildcards.slide in CORE_IMAGES,
+        slide_id=lambda wildcards: wildcards.slide,
+        mpp=sheet_value("mpp"),
         failure_record=failure_record("dearray_tma"),
     # a thumbnail and morphology on it
     threads: 1
@@ -31,8 +33,7 @@ rule dearray_tma:
 
 rule score_tma:
     input:
-        slide=slide_path,
-        info="results/slides/{slide}/info.json",
+        unpack(ihc_slide_inputs),
         cores="results/slides/{slide}/ihc/cores.parquet",
         annotations=annotations_input,
     output:
@@ -47,6 +48,9 @@ rule score_tma:
         ihc=IHC,
         annotations=sheet_value("annotations"),
         min_blur_score=config["qc"]["min_blur_score"],
+        core_image=lambda wildcards: wildcards.slide in CORE_IMAGES,
+        slide_id=lambda wildcards: wildcards.slide,
+        mpp=sheet_value("mpp"),
         failure_record=failure_record("score_tma"),
     # cores one after another; deconvolution and watershed are single-threaded numpy/scipy
     threads: 1

@@ -57,3 +57,13 @@ def core_map_input(wildcards):
 def annotations_input(wildcards):
     path = optional_value(SAMPLES, wildcards.slide, "annotations")
     return [path] if path else []
+
+
+def ihc_slide_inputs(wildcards):
+    """The slide, and its info.json unless it is a single-core image (read directly)."""
+    inputs = {"slide": SAMPLES.at[wildcards.slide, "path"]}
+    if wildcards.slide not in CORE_IMAGES:
+        inputs["info"] = f"results/slides/{wildcards.slide}/info.json"
+    return inputs
+
+

@@ -164,3 +164,27 @@ def test_hscore_table_uses_held_out_predictions_for_reference_cores(tmp_path):
     assert agreement["h_score_cells"]["mae"] == pytest.approx(10.0)
     assert agreement["h_score_ramcnn"]["mae"] == pytest.approx(5.0)
     assert "npz" not in table.columns
+
+
+def test_a_core_that_fails_is_flagged_and_the_others_are_scored(tmp_path, monkeypatch):
+    from PIL import Image
+    from skimage import data
+
+    Image.fromarray(data.immunohistochemistry()).save(tmp_path / "core.png")
+    slide = steps.ImageSlide(tmp_path / "core.png", "img", 0.5)
+    cores = pd.concat([steps.core_image_table(slide), steps.core_image_table(slide).assign(core_id="bad")], ignore_index=True)
+    real = steps.score_tma_core
+
+    def flaky(slide, core, *args, **kwargs):
+        if core["core_id"] == "bad":
+            raise BcpathError("core bad: cannot be read")
+        return real(slide, core, *args, **kwargs)
+
+    monkeypatch.setattr(steps, "score_tma_core", flaky)
+    ihc = {"mpp": 0.5, "stains": "liu2019", "min_cells": 50, "tumor_classes": ["Tumor"], "ramcnn": {"size": 64}}
+    table = steps.score_tma_slide(slide, cores, ihc, None, tmp_path / "s.parquet", tmp_path / "c.geojson", tmp_path / "cores")
+    assert table.set_index("core_id").at["bad", "flags"] == "error"
+    assert table.set_index("core_id").at["core", "n_cells"] > 100
+    assert sorted(p.name for p in (tmp_path / "cores").iterdir()) == ["core"]
+    with pytest.raises(BcpathError, match="no µm/px"):
+        steps.ImageSlide(tmp_path / "core.png", "img", None)

@@ -56,6 +56,67 @@ CLASS_GEOJSON_NAMES = ("Negative", "1+", "2+", "3+")
 CLASS_COLORS = ([112, 112, 225], [255, 215, 0], [255, 140, 0], [200, 0, 0])
 
 
+# --------------------------------------------------------------------------- core images
+
+#: Sheet rows with stain IHC whose file has one of these suffixes are single-core images.
+CORE_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class ImageSlide:
+    """A single-core image (PNG/JPEG/TIFF) read like a slide: level 0 = the image's pixels.
+
+    Args:
+        path: image file; slide_id: name for messages; mpp: µm/px (the sheet's, else the TIFF
+            resolution tags).
+
+    Raises:
+        BcpathError: unreadable or grayscale image, no µm/px.
+    """
+
+    def __init__(self, path: str | Path, slide_id: str, mpp: float | None) -> None:
+        from bcpath.images import MPP_RANGE, image_mpp, read_uint8_image
+
+        self.slide_id = slide_id
+        self.path = Path(path)
+        image = read_uint8_image(self.path)
+        if image.ndim != 3:
+            raise BcpathError(f"slide {slide_id}: {path} is a grayscale image; IHC scoring needs the RGB scan of the core")
+        self.image = np.ascontiguousarray(image[..., :3])
+        found = mpp if mpp is not None else image_mpp(self.path)
+        if found is None:
+            raise BcpathError(
+                f"slide {slide_id}: image {path} has no µm/px (no TIFF resolution tags in {MPP_RANGE[0]}-{MPP_RANGE[1]}); "
+                "add an mpp column to the sample sheet, e.g. 0.5 for 20x"
+            )
+        self.mpp = float(found)
+        self.dimensions = (self.image.shape[1], self.image.shape[0])
+
+    def read_region(self, x0: float, y0: float, width: int, height: int, mpp: float) -> np.ndarray:
+        """(height, width, 3) uint8 at ``mpp`` from level-0 (x0, y0); outside the image is white."""
+        scale = self.mpp / mpp  # output px per image px
+        matrix = np.array([[scale, 0.0, -x0 * scale], [0.0, scale, -y0 * scale]], np.float32)
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        return cv2.warpAffine(self.image, matrix, (int(width), int(height)), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=(255, 255, 255))
+
+
+def core_image_table(slide: ImageSlide) -> pd.DataFrame:
+    """The one "core" of a single-core image: the whole image (``shape`` = "image")."""
+    width, height = slide.dimensions
+    return pd.DataFrame(
+        [{"slide_id": slide.slide_id, "core_id": "core", "row": pd.NA, "col": pd.NA, "x": width / 2, "y": height / 2,
+          "diameter_um": max(width, height) * slide.mpp / 1.15, "missing": False, "shape": "image"}]
+    ).astype({"row": "Int64", "col": "Int64"})
+
+
+def open_ihc_slide(input: Any, params: Any) -> Any:
+    """The rule's slide: an :class:`ImageSlide` for a single-core image, else the WSI."""
+    if getattr(params, "core_image", False):
+        return ImageSlide(input.slide, params.slide_id, params.mpp)
+    from bcpath.pipeline import open_from_info
+
+    return open_from_info(input.info, input.slide)
+
+
 # --------------------------------------------------------------------------- dearraying
 
 
@@ -103,13 +164,14 @@ def core_mask(thumbnail: np.ndarray) -> np.ndarray:
 
 
 def dearray_step(input: Any, output: Any, params: Any, **_: Any) -> None:
-    """Rule dearray_tma."""
-    from bcpath.pipeline import open_from_info
-
-    slide = open_from_info(input.info, input.slide)
-    mask_mpp = max(float(params.mask_mpp), slide.mpp)
-    mask = core_mask(slide.thumbnail(mask_mpp))
-    cores = dearray_slide(slide, mask, mask_mpp, params.ihc, params.core_map)
+    """Rule dearray_tma (a single-core image gives its one-row table)."""
+    slide = open_ihc_slide(input, params)
+    if isinstance(slide, ImageSlide):
+        cores = core_image_table(slide)
+    else:
+        mask_mpp = max(float(params.mask_mpp), slide.mpp)
+        mask = core_mask(slide.thumbnail(mask_mpp))
+        cores = dearray_slide(slide, mask, mask_mpp, params.ihc, params.core_map)
     logger.info("%s: %d cores found, %d grid positions empty", slide.slide_id, int((~cores.missing).sum()), int(cores.missing.sum()))
     with atomic_path(output.cores) as tmp:
         cores.to_parquet(tmp, index=False)
@@ -217,7 +279,13 @@ def score_tma_core(
     x0 = float(core["x"]) - size / 2 / scale
     y0 = float(core["y"]) - size / 2 / scale
     rgb = slide.read_region(x0, y0, size, size, mpp)
-    roi = _disk(rgb.shape[:2], diameter_um * 1.05 / 2 / mpp)
+    if core.get("shape") == "image":  # a single-core image: all of it counts
+        width, height = slide.dimensions
+        roi = np.zeros(rgb.shape[:2], bool)
+        r0, c0 = max(0, int(round(-y0 * scale))), max(0, int(round(-x0 * scale)))
+        roi[r0 : r0 + int(round(height * scale)), c0 : c0 + int(round(width * scale))] = True
+    else:
+        roi = _disk(rgb.shape[:2], diameter_um * 1.05 / 2 / mpp)
     # Outside the core's disc becomes the scan's own white, so the white level (I0) of scoring
     # stays that of the glass.
     white = np.rint(estimate_white(rgb)).astype(np.uint8)
@@ -296,7 +364,7 @@ def _core_feature(row: dict[str, Any], radius: float) -> dict[str, Any]:
     ring.append(ring[0])
     measurements = {k: row[k] for k in ("h_score_cells", "h_score_nap", "percent_positive", "n_cells") if isinstance(row[k], (int, float)) and math.isfinite(row[k])}
     props = feature({"type": "Polygon", "coordinates": [ring]}, "annotation", "TMA core", [80, 80, 80], row["core_id"], measurements)
-    props["properties"]["isMissing"] = "missing" in row["flags"].split(";")
+    props["properties"]["isMissing"] = bool({"missing", "error"} & set(row["flags"].split(";")))
     return props
 
 
@@ -348,7 +416,14 @@ def score_tma_slide(
                 rows.append(row)
                 features.append(_core_feature(row, radius_l0))
                 continue
-            scored = score_tma_core(slide, core, ihc, rings, min_blur_score)
+            try:
+                scored = score_tma_core(slide, core, ihc, rings, min_blur_score)
+            except BcpathError as error:
+                logger.error("%s core %s not scored: %s", slide.slide_id, core["core_id"], error)
+                row = {**missing_core_row(core), "flags": "error"}
+                rows.append(row)
+                features.append(_core_feature(row, radius_l0))
+                continue
             row = scored["row"]
             rows.append(row)
             features.append(_core_feature(row, radius_l0))
@@ -375,9 +450,7 @@ def score_tma_slide(
 
 def score_tma_step(input: Any, output: Any, params: Any, **_: Any) -> None:
     """Rule score_tma."""
-    from bcpath.pipeline import open_from_info
-
-    slide = open_from_info(input.info, input.slide)
+    slide = open_ihc_slide(input, params)
     cores = pd.read_parquet(input.cores)
     score_tma_slide(
         slide, cores, params.ihc, params.annotations, output.scores, output.geojson, output.cores,
@@ -428,7 +501,7 @@ def collect_cores(score_files: list[str], core_scores: dict[str, str | None]) ->
         scores = pd.read_parquet(path)
         folder = Path(path).parent / "cores"
         scores["npz"] = [
-            "" if "missing" in str(flags).split(";") else str(folder / str(core) / "ramcnn_inputs.npz")
+            "" if {"missing", "error"} & set(str(flags).split(";")) else str(folder / str(core) / "ramcnn_inputs.npz")
             for core, flags in zip(scores["core_id"], scores["flags"], strict=True)
         ]
         frames.append(scores)

@@ -1,0 +1,42 @@
+"""IHC rows of a sample sheet that are single-core images (PNG/JPEG), through the workflow."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from PIL import Image
+from skimage import data
+
+from bcpath.ihc.score import score_core
+from tests.workflow_helpers import run_snakemake
+
+pytestmark = pytest.mark.slow
+
+
+def test_single_core_images_are_scored_and_a_bad_one_is_named(tmp_path):
+    ihc = data.immunohistochemistry()
+    Image.fromarray(ihc).save(tmp_path / "core_a.png")
+    Image.fromarray(ihc[..., 1]).save(tmp_path / "core_gray.png")
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text("slide_id\tpath\tstain\tmpp\ncore_a\tcore_a.png\tIHC\t0.5\ncore_gray\tcore_gray.png\tIHC\t0.5\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_snakemake(work, "--cores", "2", "--keep-going", "--config", f"samples={sheet}")
+    assert result.returncode != 0
+    failures = pd.read_csv(work / "results/cohort/failures.csv").set_index("slide_id")
+    assert list(failures.index) == ["core_gray"]
+    assert "grayscale" in failures.at["core_gray", "error"] and "Traceback" not in failures.at["core_gray", "error"]
+    assert (work / "results/slides/core_a/ihc/scores.parquet").is_file()
+    assert not (work / "results/slides/core_a/info.json").exists()  # no slide foundation for a core image
+
+    sheet.write_text("slide_id\tpath\tstain\tmpp\ncore_a\tcore_a.png\tIHC\t0.5\n")
+    result = run_snakemake(work, "--cores", "2", "--config", f"samples={sheet}")
+    assert result.returncode == 0, result.stderr[-4000:]
+    table = pd.read_csv(work / "results/cohort/hscore.csv", dtype={"flags": str})
+    assert list(table.slide_id) == ["core_a"] and table.core_id.iloc[0] == "core"
+    expected = score_core(ihc, 0.5).summary
+    row = table.iloc[0]
+    assert row.n_cells == pytest.approx(expected["n_cells"], rel=0.02)
+    assert row.h_score_cells == pytest.approx(expected["h_score_cells"], abs=3)
+    assert "no_tumor_mask" in row["flags"] and pd.isna(row.h_score_ramcnn)
+    assert (work / "results/slides/core_a/ihc/cores/core/overlay.png").is_file()
