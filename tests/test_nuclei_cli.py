@@ -129,7 +129,8 @@ def test_predict_errors(tmp_path, capsys):
 
     assert main(["nuclei", "predict", "--model", "hovernet", "--mpp", "0.5", str(tmp_path / "plain.tif"), "--out", out]) == 2
     err = capsys.readouterr().err
-    assert "not shipped yet" in err and "otsu, watershed, fiji" in err
+    assert "neither a classical baseline (otsu, watershed, fiji) nor a trained model folder" in err
+    assert "models/nuclei_unet" in err
 
 
 def test_entry_point_subprocess(tmp_path):

@@ -79,8 +79,8 @@ def _model_error(model: str) -> BcpathError:
     from bcpath.nuclei.classical import BASELINES
 
     return BcpathError(
-        f"nuclei model {model!r}: not available; deep-learning models are not shipped yet, "
-        f"use one of the classical baselines: {', '.join(BASELINES)}"
+        f"nuclei model {model!r}: neither a classical baseline ({', '.join(BASELINES)}) nor a trained "
+        "model folder; give one of those, models/nuclei_unet (shipped U-Net) or a `bcpath nuclei train` output folder"
     )
 
 
