@@ -210,3 +210,69 @@ def test_real_monuseg_image_normalise_and_tiles(require_shared) -> None:
     assert len(ds) == 9  # 3 × 3 tiles of 256 px over ~500 px
     _, y, w = ds[4]
     assert int((y == 1).sum()) > 100 and float(w.max()) > 1.0
+
+
+def test_render_ihc_keeps_nuclei_and_plants_dab() -> None:
+    from bcpath.ihc.deconvolution import estimate_white, qupath_stain_vectors, separate_stains
+    from bcpath.nuclei.ihc_render import render_ihc
+
+    rgb, labels = _synthetic((128, 128), 14, seed=5)
+    ids = np.unique(labels[labels > 0])
+
+    def nuclear_dab(image: np.ndarray) -> np.ndarray:
+        conc = separate_stains(image, qupath_stain_vectors(), estimate_white(image))
+        return np.array([conc[..., 1][labels == k].mean() for k in ids])
+
+    all_positive = render_ihc(rgb, labels, np.random.default_rng(0), positive_fraction=(1, 1), dab_od=(0.6, 0.6), haze_od=(0, 0), vector_sd=0)
+    none_positive = render_ihc(rgb, labels, np.random.default_rng(0), positive_fraction=(0, 0), haze_od=(0, 0), vector_sd=0)
+    assert all_positive.shape == rgb.shape and all_positive.dtype == np.uint8
+    assert nuclear_dab(all_positive).min() > 0.25  # brown nuclei (0.6 OD planted, blurred at the rim)
+    assert nuclear_dab(none_positive).max() < 0.08  # blue nuclei only
+    # Nuclei stay darker than the background; the eosin-pink background becomes near-neutral glass.
+    lum = none_positive.mean(axis=-1)
+    assert lum[labels > 0].mean() < lum[labels == 0].mean() - 20
+    background = none_positive[labels == 0].mean(axis=0)
+    assert np.ptp(background) < 30  # H&E's pink background: R - G = 55
+    # Same generator state, same image.
+    again = render_ihc(rgb, labels, np.random.default_rng(0), positive_fraction=(1, 1), dab_od=(0.6, 0.6), haze_od=(0, 0), vector_sd=0)
+    np.testing.assert_array_equal(again, all_positive)
+
+
+def test_ihc_training_from_an_earlier_model(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    folder = _write_cpm_folder(tmp_path / "data", 4)
+    kwargs = dict(
+        epochs=1, batch_size=2, patience=5, seed=3, val_organs=(), val_names=("syn04",),
+        plain_depth=2, plain_base=4, thresholds=(0.5,),
+    )  # fmt: skip
+    first = train_nuclei_model([folder], tmp_path / "he", **kwargs)  # type: ignore[arg-type]
+    meta = train_nuclei_model([folder], tmp_path / "ihc", init_from=tmp_path / "he", target_stain="ihc", **kwargs)  # type: ignore[arg-type]
+    assert meta["init_from"]["sha256"] == first["best_sha256"]
+    assert meta["target_stain"] == "ihc"
+    bundle = load_nuclei_model(tmp_path / "ihc")
+    assert bundle.normaliser is None  # IHC images go in as they are
+    assert load_nuclei_model(tmp_path / "he").normaliser is not None
+    with pytest.raises(BcpathError, match="architecture"):
+        train_nuclei_model([folder], tmp_path / "bad", init_from=tmp_path / "he", **{**kwargs, "plain_base": 8})  # type: ignore[arg-type]
+    with pytest.raises(BcpathError, match="target stain"):
+        train_nuclei_model([folder], tmp_path / "bad2", target_stain="pas", **kwargs)  # type: ignore[arg-type]
+
+
+def test_test_time_augmentation_is_rotation_invariant(tmp_path: Path) -> None:
+    """With tta the probabilities of a rotated image are the rotated probabilities (up to
+    float error); without it a trained-for-one-epoch U-Net is not equivariant."""
+    from dataclasses import replace
+
+    from bcpath.nuclei.training import NucleiModel, build_model, predict_probabilities
+
+    torch.manual_seed(0)
+    model = build_model({"encoder": "plain", "depth": 2, "base": 4, "dropout": 0.0}).eval()
+    bundle = NucleiModel(model, 0.5, 64, 0.5, 4, None, {"encoder": "plain"}, "cpu")
+    rgb, _ = _synthetic((64, 64), 6, seed=2)
+    rotated = np.ascontiguousarray(np.rot90(rgb))
+    with_tta = replace(bundle, tta=True)
+    p, p_rot = predict_probabilities(with_tta, rgb), predict_probabilities(with_tta, rotated)
+    np.testing.assert_allclose(np.rot90(p, axes=(1, 2)), p_rot, atol=1e-5)
+    np.testing.assert_allclose(p.sum(axis=0), 1.0, atol=1e-5)
+    q, q_rot = predict_probabilities(bundle, rgb), predict_probabilities(bundle, rotated)
+    assert np.abs(np.rot90(q, axes=(1, 2)) - q_rot).max() > 1e-4

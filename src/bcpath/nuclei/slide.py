@@ -127,7 +127,7 @@ GEOJSON_MEASUREMENTS: dict[str, str] = {
 # --------------------------------------------------------------------------- segmenters
 
 
-def get_segmenter(name_or_callable: str | Segmenter) -> Segmenter:
+def get_segmenter(name_or_callable: str | Segmenter, tta: bool = False) -> Segmenter:
     """A segmenter ``(rgb, mpp) -> int labels`` from a name or a callable.
 
     Args:
@@ -135,6 +135,7 @@ def get_segmenter(name_or_callable: str | Segmenter) -> Segmenter:
             "watershed", "otsu"; :data:`bcpath.nuclei.classical.BASELINES`); a trained U-Net
             folder or its best.pt (``bcpath nuclei train``, e.g. models/nuclei_unet); or
             ``"package.module:function"`` naming such a callable.
+        tta: a trained U-Net predicts with test-time augmentation (8 rotations/flips).
 
     Raises:
         BcpathError: an unknown name, or a model folder that does not load.
@@ -161,7 +162,7 @@ def get_segmenter(name_or_callable: str | Segmenter) -> Segmenter:
         # A trained U-Net: a `bcpath nuclei train` folder (best.pt, train.json, stain.json) or its best.pt.
         from bcpath.nuclei.training import load_nuclei_model, predict_instances
 
-        segmenter = functools.partial(predict_instances, load_nuclei_model(name))
+        segmenter = functools.partial(predict_instances, load_nuclei_model(name, tta=tta))
         segmenter.__name__ = f"unet:{name}"  # type: ignore[attr-defined]
         return segmenter
     raise BcpathError(f"unknown nuclei segmenter {name!r}; use one of {', '.join(BASELINES)}, 'package.module:function' or a callable")
@@ -627,6 +628,7 @@ def segment_slide(
     out_dir: str | os.PathLike[str] | None = None,
     segmenter: str | Segmenter = "fiji",
     *,
+    tta: bool = False,
     model_mpp: float = 0.5,
     tile_px: int = 256,
     overlap: float = 0.5,
@@ -648,6 +650,7 @@ def segment_slide(
             given explicitly instead with ``labels_path`` / ``features_path`` / ``geojson_path``).
         segmenter: a callable ``(rgb uint8 (H, W, 3), mpp) -> int labels (H, W)`` or a name for
             :func:`get_segmenter` ("fiji", "watershed", "otsu").
+        tta: a U-Net named by ``segmenter`` predicts with test-time augmentation.
         model_mpp: µm/px the segmenter works at (labels.zarr is at this resolution).
         tile_px: window edge in model px; overlap: fraction shared by neighbouring windows
             (the core stride is ``tile_px · (1 - overlap)``, the margin half the rest).
@@ -662,7 +665,7 @@ def segment_slide(
     from bcpath.io import atomic_dir, atomic_path
 
     started = time.perf_counter()
-    segment = get_segmenter(segmenter)
+    segment = get_segmenter(segmenter, tta=tta)
     if out_dir is None and None in (labels_path, geojson_path, features_path):
         raise BcpathError("segment_slide needs out_dir or all of labels_path, geojson_path and features_path")
     base = Path(out_dir) if out_dir is not None else Path(".")
@@ -809,6 +812,7 @@ def segment_nuclei_step(input: Any, output: Any, params: Any, threads: int = 1, 
             mask,
             mask_mpp_from_qc(qc),
             segmenter=config.get("model", "fiji"),
+            tta=bool(config.get("tta", False)),
             model_mpp=float(config.get("mpp", 0.5)),
             tile_px=int(config.get("tile_px", 256)),
             overlap=float(config.get("overlap", 0.5)),

@@ -51,7 +51,7 @@ import os
 import random
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -319,12 +319,33 @@ def _to_input(rgb: NDArray[np.uint8]) -> torch.Tensor:
     return (x - mean) / std
 
 
+TARGET_STAINS = ("he", "ihc")
+
+
+def _check_target_stain(target_stain: str) -> str:
+    if target_stain not in TARGET_STAINS:
+        raise BcpathError(f"target stain {target_stain!r}: use 'he' (H&E) or 'ihc' (DAB + hematoxylin)")
+    return target_stain
+
+
+def render_images_ihc(images: Sequence[PreparedImage], seed: int) -> list[PreparedImage]:
+    """Validation images re-rendered once as DAB + hematoxylin (one fixed draw per image)."""
+    from bcpath.nuclei.ihc_render import render_ihc
+
+    return [
+        replace(im, rgb=render_ihc(im.rgb, im.labels, np.random.default_rng((seed, 1_000_003, i))))
+        for i, im in enumerate(images)
+    ]
+
+
 class NucleiTileDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
     """Tiles of prepared images → (x (3, T, T) float32, target (T, T) int64, weight (T, T) float32).
 
     The tile list is the :func:`tile_grid` of each image (overlap ≥ 10 %). With ``augment`` each
     item draws its transform from ``np.random.default_rng((seed, epoch, index))`` (call
     :meth:`set_epoch`), so a run is reproducible; without it, items are cached.
+    ``target_stain="ihc"`` re-renders each augmented tile as DAB + hematoxylin
+    (:func:`bcpath.nuclei.ihc_render.render_ihc`); un-augmented images are used as given.
     """
 
     def __init__(
@@ -334,8 +355,10 @@ class NucleiTileDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
         overlap: float = TRAIN_OVERLAP,
         augment: bool = True,
         seed: int = 0,
+        target_stain: str = "he",
     ) -> None:
         self.tile, self.augment, self.seed, self.epoch = tile, augment, seed, 0
+        self.target_stain = _check_target_stain(target_stain)
         self.images = [_pad_to(im.rgb, im.labels, tile) for im in images]
         self.index = [
             (i, rc)
@@ -356,7 +379,12 @@ class NucleiTileDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
         rgb, lab = self.images[i]
         if self.augment:
             rng = np.random.default_rng((self.seed, self.epoch, idx))
-            return augment_tile(rgb, lab, (r, c), self.tile, rng)
+            rgb, lab = augment_tile(rgb, lab, (r, c), self.tile, rng)
+            if self.target_stain == "ihc":
+                from bcpath.nuclei.ihc_render import render_ihc
+
+                rgb = render_ihc(rgb, lab, rng)
+            return rgb, lab
         t = self.tile
         return rgb[r : r + t, c : c + t], lab[r : r + t, c : c + t]
 
@@ -422,6 +450,8 @@ class NucleiModel:
     normaliser: StainNormaliser | None
     architecture: dict[str, Any]
     device: str = "cpu"
+    #: average the probabilities of the 8 rotations/flips of each tile (8x the compute)
+    tta: bool = False
 
 
 def _hann(tile: int) -> NDArray[np.float32]:
@@ -436,7 +466,8 @@ def predict_probabilities(
     """(3, H, W) class probabilities of an (H, W, 3) image already at model µm/px and normalised.
 
     Tiles of ``bundle.tile`` px at 50 % overlap, blended with a Hann window; images smaller
-    than a tile are reflect-padded and cropped back.
+    than a tile are reflect-padded and cropped back. With ``bundle.tta`` each tile's
+    probabilities are the mean over its 4 rotations × 2 flips (test-time augmentation).
     """
     t = bundle.tile
     h, w = rgb.shape[:2]
@@ -453,11 +484,27 @@ def predict_probabilities(
         x = torch.stack([_to_input(padded[r : r + t, c : c + t]) for r, c in chunk]).to(
             bundle.device
         )
-        p = torch.softmax(bundle.model(x), dim=1).float().cpu().numpy()
+        p = _tile_probabilities(bundle, x)
         for (r, c), pk in zip(chunk, p, strict=True):
             acc[:, r : r + t, c : c + t] += pk * win
             wsum[r : r + t, c : c + t] += win
     return (acc / wsum)[:, :h, :w]
+
+
+def _tile_probabilities(bundle: NucleiModel, x: torch.Tensor) -> NDArray[np.float32]:
+    """(B, 3, T, T) softmax of a (B, 3, T, T) input batch; the dihedral mean with ``bundle.tta``."""
+    with torch.no_grad():
+        if not bundle.tta:
+            return torch.softmax(bundle.model(x), dim=1).float().cpu().numpy()
+        total = torch.zeros((x.shape[0], 3, *x.shape[2:]), dtype=torch.float32)
+        for k in range(4):
+            for flip in (False, True):
+                view = torch.rot90(x, k, dims=(2, 3))
+                view = torch.flip(view, dims=(3,)) if flip else view
+                p = torch.softmax(bundle.model(view), dim=1).float().cpu()
+                p = torch.flip(p, dims=(3,)) if flip else p
+                total += torch.rot90(p, -k, dims=(2, 3))
+        return (total / 8).numpy()
 
 
 def predict_instances(
@@ -488,9 +535,10 @@ def predict_instances(
 
 
 def load_nuclei_model(
-    path: str | Path, device: str = "cpu", checkpoint: str = "best.pt"
+    path: str | Path, device: str = "cpu", checkpoint: str = "best.pt", tta: bool = False
 ) -> NucleiModel:
-    """Load a training output folder (or its ``best.pt`` / ``last.pt``, next to ``train.json``)."""
+    """Load a training output folder (or its ``best.pt`` / ``last.pt``, next to ``train.json``);
+    ``tta``: predict with test-time augmentation (:attr:`NucleiModel.tta`)."""
     path = Path(path)
     folder, weights = (path, path / checkpoint) if path.is_dir() else (path.parent, path)
     meta_path = folder / "train.json"
@@ -511,10 +559,12 @@ def load_nuclei_model(
     model.load_state_dict(state)
     model.to(device).eval()
     stain_path = folder / "stain.json"
-    normaliser = StainNormaliser.load(stain_path) if meta.get("stain_normalisation") else None
+    # An IHC model was trained on re-rendered images and takes IHC as it is.
+    normalise_input = meta.get("stain_normalisation") and meta.get("target_stain", "he") == "he"
+    normaliser = StainNormaliser.load(stain_path) if normalise_input else None
     return NucleiModel(
         model, float(meta["mpp"]), int(meta["tile"]), float(meta["threshold"]),
-        int(meta.get("min_area_px", MIN_AREA_PX)), normaliser, meta["architecture"], device,
+        int(meta.get("min_area_px", MIN_AREA_PX)), normaliser, meta["architecture"], device, tta,
     )  # fmt: skip
 
 
@@ -629,6 +679,8 @@ def train_nuclei_model(
     thresholds: Sequence[float] = THRESHOLDS,
     max_minutes: float | None = None,
     deterministic: bool = True,
+    init_from: str | os.PathLike[str] | None = None,
+    target_stain: str = "he",
 ) -> dict[str, Any]:
     """Train a 3-class nuclei U-Net; write best.pt, last.pt, train.json, log.csv, stain.json.
 
@@ -644,6 +696,11 @@ def train_nuclei_model(
         val_organs, val_names: validation split (:func:`split_by_organ`).
         stain_reference: name of the training image to fit the stain normaliser to.
         max_minutes: stop after the epoch that passes this wall time (None: no limit).
+        init_from: a training folder (or its ``best.pt``) whose weights start this run — to
+            fine-tune on your own annotations or continue a run; its architecture must match.
+        target_stain: ``"he"`` (the images as annotated) or ``"ihc"`` (every training tile
+            and the validation images re-rendered as DAB + hematoxylin, for IHC scoring; the
+            model then takes IHC images as they are, without the H&E stain normaliser).
         deterministic: bitwise-reproducible weights — oneDNN (mkldnn) off and torch's
             deterministic algorithms on while training (oneDNN's CPU convolutions differ in
             the last bits from run to run).
@@ -686,6 +743,7 @@ def _train(
         )
     )
     val_organs, val_names = tuple(val_organs), tuple(val_names)
+    target_stain = _check_target_stain(kw["target_stain"])
     t_start = time.monotonic()
     if epochs < 1 or batch_size < 1 or patience < 1 or not lr > 0:
         raise BcpathError(
@@ -713,6 +771,8 @@ def _train(
         normaliser.save(out / "stain.json")
     train_im = prepare_samples(train_s, model_mpp, normaliser)
     val_im = prepare_samples(val_s, model_mpp, normaliser, keep_original=True)
+    if target_stain == "ihc":
+        val_im = render_images_ihc(val_im, seed)
     logger.info(
         "prepared %d training, %d validation images (%.0f s)",
         len(train_im),
@@ -725,7 +785,10 @@ def _train(
         architecture.update(depth=plain_depth, base=plain_base, dropout=0.1)
     _seed_all(seed)
     model = build_model(architecture, pretrained_encoder).to(device)
-    train_ds = NucleiTileDataset(train_im, TILE, TRAIN_OVERLAP, augment=True, seed=seed)
+    init_record = _initialise_from(model, kw["init_from"], architecture, device)
+    train_ds = NucleiTileDataset(
+        train_im, TILE, TRAIN_OVERLAP, augment=True, seed=seed, target_stain=target_stain
+    )
     val_ds = NucleiTileDataset(val_im, TILE, TRAIN_OVERLAP, augment=False, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(
@@ -759,17 +822,22 @@ def _train(
             break
 
     model.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=True))
-    bundle = NucleiModel(model, model_mpp, TILE, 0.5, MIN_AREA_PX, normaliser, architecture, device)
+    input_normaliser = normaliser if target_stain == "he" else None
+    bundle = NucleiModel(
+        model, model_mpp, TILE, 0.5, MIN_AREA_PX, input_normaliser, architecture, device
+    )
     threshold, metrics, rows = validate_thresholds(bundle, val_im, thresholds)
     meta: dict[str, Any] = {
         "architecture": architecture,
         "pretrained_encoder": os.fspath(pretrained_encoder) if pretrained_encoder else None,
+        "init_from": init_record,
         "mpp": model_mpp,
         "tile": TILE,
         "train_overlap": TRAIN_OVERLAP,
         "predict_overlap": PREDICT_OVERLAP,
         "input_normalisation": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "scale": "rgb/255"},
         "stain_normalisation": bool(stain_normalisation),
+        "target_stain": target_stain,
         "stain_reference": normaliser.reference if normaliser else None,
         "targets": {
             "classes": ["background", "interior", "boundary"],
@@ -808,6 +876,24 @@ def _train(
     return meta
 
 
+def _initialise_from(
+    model: nn.Module, init_from: str | os.PathLike[str] | None, architecture: dict[str, Any], device: str
+) -> dict[str, Any] | None:
+    """Load an earlier run's weights into ``model``; return {path, sha256, architecture} or None."""
+    if init_from is None:
+        return None
+    earlier = load_nuclei_model(init_from, device=device)
+    if earlier.architecture != architecture:
+        raise BcpathError(
+            f"init_from {init_from}: architecture {earlier.architecture} differs from this run's "
+            f"{architecture}; give the same encoder (and plain depth/base)"
+        )
+    model.load_state_dict(earlier.model.state_dict())
+    path = Path(init_from)
+    weights = path / "best.pt" if path.is_dir() else path
+    return {"path": os.fspath(path), "sha256": _sha256(weights)}
+
+
 def _write_log(path: Path, rows: list[tuple[int, float, float, float]]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -834,6 +920,8 @@ def train_nuclei_model_step(input: Any, output: Any, params: Any, threads: int =
             Path(output.weights).parent,
             encoder=str(settings["encoder"]),
             pretrained_encoder=settings.get("pretrained_encoder"),
+            init_from=settings.get("init_from"),
+            target_stain=str(settings.get("target_stain", "he")),
             epochs=int(settings["epochs"]),
             batch_size=int(settings["batch_size"]),
             lr=float(settings["lr"]),
