@@ -36,6 +36,7 @@ rule score_tma:
         unpack(ihc_slide_inputs),
         cores="results/slides/{slide}/ihc/cores.parquet",
         annotations=annotations_input,
+        nuclei_model=IHC_NUCLEI_MODEL_FILES,
     output:
         scores="results/slides/{slide}/ihc/scores.parquet",
         geojson="results/slides/{slide}/ihc/cells.geojson",

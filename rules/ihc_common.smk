@@ -3,8 +3,22 @@ from pathlib import Path
 
 import pandas as pd
 
-IHC = config["ihc"]
+IHC = dict(config["ihc"])
 RAMCNN = IHC["ramcnn"]
+# ihc.nuclei_model: a nuclei model folder (relative to the run folder, else to the workflow,
+# as nuclei.model) replacing the threshold detector; its files are inputs of score_tma.
+IHC_NUCLEI_MODEL_FILES = []
+if IHC.get("nuclei_model"):
+    _model = Path(IHC["nuclei_model"])
+    if not _model.exists() and (Path(workflow.basedir) / _model).exists():
+        _model = Path(workflow.basedir) / _model
+    if not (_model / "best.pt").is_file() or not (_model / "train.json").is_file():
+        raise WorkflowError(
+            f"ihc.nuclei_model: {IHC['nuclei_model']} is not a nuclei model folder (best.pt + train.json); "
+            "give e.g. models/nuclei_unet_ihc or a `bcpath nuclei train` output, or null for the threshold detector"
+        )
+    IHC["nuclei_model"] = str(_model)
+    IHC_NUCLEI_MODEL_FILES = [str(_model / "best.pt"), str(_model / "train.json")]
 
 
 def _reference_core_count():

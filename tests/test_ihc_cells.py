@@ -88,6 +88,32 @@ def test_synthetic_nuclei_are_found_and_measured(mpp):
     assert det.concentrations.shape == rgb.shape and det.mpp == mpp
 
 
+def test_nuclei_from_a_model_are_measured_like_detected_ones():
+    """detect_cells(nuclei=...) and score_core(segmenter=...): labels from elsewhere (a U-Net)
+    replace the threshold detector; the measurements and the H-Score are the same."""
+    from bcpath.ihc.score import score_core
+
+    rgb, truth = _synthetic_nuclei(0.5)
+    planted = np.zeros(rgb.shape[:2], np.int32)
+    for k, (x, y, *_rest) in enumerate(truth, start=1):
+        cv2.circle(planted, (int(round(x)), int(round(y))), 7, 10 * k, -1)  # ids 10, 20, ...: relabelled
+    det = detect_cells(rgb, 0.5, nuclei=planted)
+    assert len(det) == 16 and det.nuclei.max() == 16
+    order = np.argsort(det.y * 1000 + det.x)
+    np.testing.assert_allclose(det.dab_od_mean[order], truth[np.argsort(truth[:, 1] * 1000 + truth[:, 0]), 3], atol=0.05)
+    assert h_score(det.intensity_classes()) == pytest.approx(150.0)
+    with pytest.raises(ValueError, match="differ from the image"):
+        detect_cells(rgb, 0.5, nuclei=planted[:-1])
+    calls = []
+
+    def segmenter(image, mpp):
+        calls.append(mpp)
+        return planted
+
+    scored = score_core(rgb, 0.5, segmenter=segmenter, min_cells=1)
+    assert calls == [0.5] and scored.summary["h_score_cells"] == pytest.approx(150.0)
+
+
 def test_touching_nuclei_are_split():
     sv = paper_stain_vectors()
     mpp = 0.5

@@ -348,6 +348,17 @@ def segment_nuclei(image: np.ndarray, mpp: float, params: DetectionParams) -> np
     return remap[labels]
 
 
+def _consecutive(labels: np.ndarray) -> np.ndarray:
+    """Relabel (H, W) int32 labels to 1..N in order of first id (0 stays background)."""
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if ids.size == 0 or ids[-1] == ids.size:
+        return labels
+    remap = np.zeros(int(ids[-1]) + 1, np.int32)
+    remap[ids] = np.arange(1, ids.size + 1)
+    return remap[labels]
+
+
 def detect_cells(
     rgb: np.ndarray,
     mpp: float,
@@ -356,6 +367,7 @@ def detect_cells(
     stains: StainVectors | None = None,
     white: float | np.ndarray | str = "auto",
     concentrations: np.ndarray | None = None,
+    nuclei: np.ndarray | None = None,
 ) -> CellDetections:
     """Detect nuclei and cells and measure their stain.
 
@@ -367,6 +379,9 @@ def detect_cells(
         white: I0 for optical density: "auto" (:func:`estimate_white`, per image), a number
             (255 = the paper's I0) or a (3,) per-channel white.
         concentrations: precomputed (H, W, 3) [H, DAB, residual] from :func:`separate_stains`.
+        nuclei: (H, W) int nucleus labels from elsewhere (e.g. a nuclei U-Net,
+            :func:`bcpath.nuclei.training.predict_instances`); None = the threshold detector.
+            Either way the nuclei are expanded into cells and measured the same way.
 
     Returns:
         :class:`CellDetections`; classify with :meth:`CellDetections.intensity_classes`.
@@ -381,7 +396,13 @@ def detect_cells(
     i0 = estimate_white(rgb) if isinstance(white, str) else np.asarray(white, dtype=np.float64)
     conc = concentrations if concentrations is not None else separate_stains(rgb, stains, i0)
     od_sum = rgb_to_od(rgb, i0).sum(axis=-1) if params.detection_image == "od_sum" else None
-    nuclei = segment_nuclei(detection_image(conc, params.detection_image, od_sum), mpp, params)
+    if nuclei is None:
+        nuclei = segment_nuclei(detection_image(conc, params.detection_image, od_sum), mpp, params)
+    else:
+        nuclei = np.asarray(nuclei)
+        if nuclei.shape != rgb.shape[:2]:
+            raise ValueError(f"nuclei labels {nuclei.shape} differ from the image {rgb.shape[:2]}")
+        nuclei = _consecutive(nuclei.astype(np.int32))
     n = int(nuclei.max())
     cells = expand_labels(nuclei, distance=params.cell_expansion_um / mpp) if params.cell_expansion_um > 0 and n else nuclei
     empty = np.zeros(0)

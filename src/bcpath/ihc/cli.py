@@ -60,13 +60,14 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def score_one(path: Path, out: Path, mpp: float | None, stains: str, ramcnn: Any = None) -> dict[str, Any]:
+def score_one(path: Path, out: Path, mpp: float | None, stains: str, ramcnn: Any = None, segmenter: Any = None) -> dict[str, Any]:
     """Score one image file and write its ``.cells.csv`` and ``.json``; returns the summary.
 
     ``ramcnn``: a :class:`bcpath.ihc.ramcnn.RamCnn` (from :func:`bcpath.ihc.ramcnn.load_ramcnn`);
     its H-Score is computed from the image's SINI/SITI (nuclei from cell scoring, the whole
     tissue as the tumor mask) resized to the model's input, so the image should frame one whole
-    core as the training cores were.
+    core as the training cores were. ``segmenter``: nuclei from a model
+    (:func:`bcpath.ihc.score.nuclei_model_segmenter`) instead of the threshold detector.
     """
     from bcpath.ihc.score import score_core
     from bcpath.images import MPP_RANGE, image_mpp
@@ -78,7 +79,7 @@ def score_one(path: Path, out: Path, mpp: float | None, stains: str, ramcnn: Any
             f"image {path}: no µm/px in the file (no TIFF resolution tags in {MPP_RANGE[0]}-{MPP_RANGE[1]} µm/px); "
             "give it with --mpp, e.g. --mpp 0.25 for 40x or 0.5 for 20x"
         )
-    result = score_core(rgb, image_um, stains=stains, name=f"image {path}")
+    result = score_core(rgb, image_um, stains=stains, name=f"image {path}", segmenter=segmenter)
     with open(out / f"{path.stem}.cells.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(CELL_COLUMNS), lineterminator="\n")
         writer.writeheader()
@@ -102,7 +103,12 @@ def score_one(path: Path, out: Path, mpp: float | None, stains: str, ramcnn: Any
 
 
 def score_files(
-    images: Sequence[str | Path], out: str | Path, mpp: float | None = None, stains: str = "liu2019", ramcnn: str | Path | None = None
+    images: Sequence[str | Path],
+    out: str | Path,
+    mpp: float | None = None,
+    stains: str = "liu2019",
+    ramcnn: str | Path | None = None,
+    nuclei_model: str | Path | None = None,
 ) -> tuple[list[Path], list[str]]:
     """Score each image into ``out``; an image that fails does not stop the others.
 
@@ -120,13 +126,18 @@ def score_files(
         from bcpath.ihc.ramcnn import load_ramcnn
 
         model, _ = load_ramcnn(ramcnn)
+    segmenter = None
+    if nuclei_model is not None:
+        from bcpath.ihc.score import nuclei_model_segmenter
+
+        segmenter = nuclei_model_segmenter(nuclei_model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     done: list[Path] = []
     errors: list[str] = []
     for path in paths:
         try:
-            score_one(path, out, mpp, stains, model)
+            score_one(path, out, mpp, stains, model, segmenter)
         except BcpathError as error:
             message = str(error) if str(path) in str(error) else f"image {path}: {error}"
             errors.append(message)
@@ -136,7 +147,7 @@ def score_files(
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    done, errors = score_files(args.images, args.out, args.mpp, args.stains, args.ramcnn)
+    done, errors = score_files(args.images, args.out, args.mpp, args.stains, args.ramcnn, args.nuclei_model)
     for message in errors:
         print(f"bcpath: {message}", file=sys.stderr)
     print(f"{len(done)} of {len(done) + len(errors)} images scored into {args.out}")
@@ -154,5 +165,6 @@ def add_ihc_subparser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     score.add_argument("--mpp", type=float, help="µm/px of the images (default: from the TIFF tags)")
     score.add_argument("--stains", choices=STAIN_CHOICES, default="liu2019", help="stain vectors (default liu2019)")
     score.add_argument("--ramcnn", metavar="DIR", help="trained RAM-CNN folder (ramcnn.pt + ramcnn.json, e.g. results/models/ramcnn) for h_score_ramcnn")
+    score.add_argument("--nuclei-model", metavar="DIR", help="nuclei model folder (e.g. models/nuclei_unet_ihc) instead of the threshold detector")
     score.add_argument("--out", required=True, help="output folder")
     score.set_defaults(func=_cmd_score)

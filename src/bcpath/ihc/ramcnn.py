@@ -101,6 +101,7 @@ def sini_siti(
     *,
     mpp: float | None = None,
     white: float | np.ndarray | str = "auto",
+    i_la: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """SINI and SITI of one core: ``I_la x G`` and ``I_la x T``.
 
@@ -115,6 +116,8 @@ def sini_siti(
         mpp: µm/px, only needed when ``nuclei_mask`` is None.
         white: I0 for optical density: "auto" (estimated from the image, as
             :func:`bcpath.ihc.score.score_core`), a number or a (3,) per-channel white.
+        i_la: the (H, W) stain-intensity image when the caller has it already (computed with
+            the same stains and white); None = computed here.
 
     Returns:
         (sini, siti): two (H, W) float32 arrays in [0, 1], 0 outside their mask.
@@ -161,7 +164,9 @@ def sini_siti(
     for name, mask in (("nuclei", g), ("tumour", t)):
         if mask.shape != shape:
             raise BcpathError(f"SINI/SITI: {name} mask {mask.shape} differs from the image {shape}; give a mask of the image's size")
-    ila = stain_intensity_image(arr, stains=sv, i0=i0)
+    if i_la is not None and np.shape(i_la) != shape:
+        raise BcpathError(f"SINI/SITI: I_la {np.shape(i_la)} differs from the image {shape}")
+    ila = stain_intensity_image(arr, stains=sv, i0=i0) if i_la is None else np.asarray(i_la, np.float32)
     return (ila * g).astype(np.float32), (ila * t).astype(np.float32)
 
 

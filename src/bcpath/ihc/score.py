@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -197,6 +199,19 @@ class CoreScore:
         ]
 
 
+def nuclei_model_segmenter(path: str | Path, device: str = "cpu") -> Callable[[np.ndarray, float], np.ndarray]:
+    """A ``segmenter`` for :func:`score_core` from a nuclei model folder (``bcpath nuclei train``;
+    one trained with ``--target-stain ihc``, such as models/nuclei_unet_ihc, suits IHC)."""
+    from bcpath.nuclei.training import load_nuclei_model, predict_instances
+
+    model = load_nuclei_model(path, device=device)
+
+    def segment(rgb: np.ndarray, mpp: float) -> np.ndarray:
+        return predict_instances(model, np.ascontiguousarray(rgb[..., :3]), mpp)
+
+    return segment
+
+
 def score_core(
     rgb: np.ndarray,
     mpp: float,
@@ -206,6 +221,7 @@ def score_core(
     name: str = "image",
     params: DetectionParams | None = None,
     min_cells: int = MIN_CELLS,
+    segmenter: Callable[[np.ndarray, float], np.ndarray] | None = None,
 ) -> CoreScore:
     """Cell-based H-Score, NAP H-Score, Allred score and QC flags of one IHC core.
 
@@ -218,6 +234,9 @@ def score_core(
         name: image name for error messages.
         params: cell detection parameters (QuPath-like defaults).
         min_cells: fewer scored cells than this raise the ``few_cells`` flag.
+        segmenter: (rgb (H, W, 3) uint8, µm/px) → (H, W) int nucleus labels, e.g.
+            :func:`nuclei_model_segmenter`; None = the threshold detector
+            (:func:`bcpath.ihc.cells.segment_nuclei`).
 
     Returns:
         :class:`CoreScore`.
@@ -258,7 +277,8 @@ def score_core(
     area = tissue & mask if mask is not None else tissue
     nap = nap_h_score(conc[..., DAB_CHANNEL], area)
 
-    det = detect_cells(arr, mpp, params=params, stains=sv, white=i0, concentrations=conc)
+    nuclei = segmenter(arr, mpp) if segmenter is not None else None
+    det = detect_cells(arr, mpp, params=params, stains=sv, white=i0, concentrations=conc, nuclei=nuclei)
     keep = np.ones(len(det), bool)
     if mask is not None and len(det):
         rows = np.clip(np.rint(det.y).astype(int), 0, mask.shape[0] - 1)

@@ -258,8 +258,10 @@ def score_tma_core(
     ihc: dict[str, Any],
     tumor_rings: list[list[np.ndarray]] | None,
     min_blur_score: float | None = None,
+    segmenter: Any = None,
 ) -> dict[str, Any]:
-    """Read one core at ``ihc["mpp"]`` and score it.
+    """Read one core at ``ihc["mpp"]`` and score it (nuclei by ``segmenter`` when given:
+    :func:`bcpath.ihc.score.nuclei_model_segmenter`).
 
     The core window is a square of 1.15 × the core diameter centred on the core; only the disc
     of 1.05 × the diameter counts (so a neighbouring core never leaks in).
@@ -294,7 +296,7 @@ def score_tma_core(
     if tumor_rings is not None:
         tumor = _rasterise(tumor_rings, x0, y0, scale, rgb.shape[:2]) & roi
     name = f"slide {slide.slide_id} core {core['core_id']}"
-    score = score_core(rgb, mpp, stains=str(ihc["stains"]), tumor_mask=tumor, name=name, min_cells=int(ihc["min_cells"]))
+    score = score_core(rgb, mpp, stains=str(ihc["stains"]), tumor_mask=tumor, name=name, min_cells=int(ihc["min_cells"]), segmenter=segmenter)
     summary = score.summary
     od_sum = rgb_to_od(rgb, estimate_white(rgb)).sum(axis=-1)
     # The core's tissue includes pale stroma, which single pixels of it do not show reliably:
@@ -368,18 +370,27 @@ def _core_feature(row: dict[str, Any], radius: float) -> dict[str, Any]:
     return props
 
 
-def ramcnn_inputs(scored: dict[str, Any], size: int, stains: str) -> dict[str, np.ndarray]:
+def core_stain_intensity(rgb: np.ndarray, stains: str) -> np.ndarray:
+    """(H, W) float32 I_la of a core with the configured stain vectors and the core's own white
+    (as cell scoring and SINI/SITI use), computed once for the overlay and the RAM-CNN inputs."""
+    from bcpath.ihc.deconvolution import estimate_white, get_stain_vectors, stain_intensity_image
+
+    return stain_intensity_image(rgb, stains=get_stain_vectors(stains), i0=estimate_white(rgb))
+
+
+def ramcnn_inputs(scored: dict[str, Any], size: int, stains: str, i_la: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """SINI and SITI (size × size float32 in [0, 1]) of a scored core (Liu et al.'s RAM-CNN inputs).
 
     G = the nuclei cell scoring detected; T = the tumor mask, or the core's tissue when the
-    slide has no tumor annotations.
+    slide has no tumor annotations. ``i_la``: the core's stain-intensity image when already
+    computed (:func:`core_stain_intensity`).
     """
     from bcpath.ihc.ramcnn import resize_input, sini_siti
 
     rgb = scored["rgb"]
     nuclei = scored["score"].nuclei > 0
     tumor = scored["tumor"] if scored["tumor"] is not None else scored["roi"]
-    sini, siti = sini_siti(rgb, nuclei, tumor, stains=stains)
+    sini, siti = sini_siti(rgb, nuclei, tumor, stains=stains, i_la=i_la)
     return {"sini": resize_input(sini, size), "siti": resize_input(siti, size)}
 
 
@@ -399,7 +410,6 @@ def score_tma_slide(
     cores are still scored.
     """
     from bcpath.geojson import write_geojson
-    from bcpath.ihc.deconvolution import stain_intensity_image
 
     rings = tumor_polygons(annotations, list(ihc["tumor_classes"])) if annotations else None
     if annotations and not rings:
@@ -408,6 +418,11 @@ def score_tma_slide(
     rows: list[dict[str, Any]] = []
     features: list[dict[str, Any]] = []
     size = int(ihc["ramcnn"]["size"])
+    segmenter = None
+    if ihc.get("nuclei_model"):
+        from bcpath.ihc.score import nuclei_model_segmenter
+
+        segmenter = nuclei_model_segmenter(ihc["nuclei_model"])
     with atomic_dir(out_cores_dir) as folder:
         for core in cores.to_dict("records"):
             radius_l0 = float(core["diameter_um"]) / 2 / slide.mpp
@@ -417,7 +432,7 @@ def score_tma_slide(
                 features.append(_core_feature(row, radius_l0))
                 continue
             try:
-                scored = score_tma_core(slide, core, ihc, rings, min_blur_score)
+                scored = score_tma_core(slide, core, ihc, rings, min_blur_score, segmenter)
             except BcpathError as error:
                 logger.error("%s core %s not scored: %s", slide.slide_id, core["core_id"], error)
                 row = {**missing_core_row(core), "flags": "error"}
@@ -435,9 +450,9 @@ def score_tma_slide(
             core_dir = Path(folder) / str(core["core_id"])
             core_dir.mkdir()
             pd.DataFrame(sc.cell_rows(), columns=["x", "y", "dab_od_mean", "class"]).to_csv(core_dir / "cells.csv", index=False)
-            i_la = stain_intensity_image(scored["rgb"])
+            i_la = core_stain_intensity(scored["rgb"], str(ihc["stains"]))
             cv2.imwrite(str(core_dir / "overlay.png"), overlay_png(scored["rgb"], sc, scored["tumor"], scored["roi"], i_la)[..., ::-1])
-            inputs = ramcnn_inputs(scored, size, str(ihc["stains"]))
+            inputs = ramcnn_inputs(scored, size, str(ihc["stains"]), i_la)
             np.savez_compressed(core_dir / "ramcnn_inputs.npz", sini=inputs["sini"], siti=inputs["siti"])
             logger.info("%s %s: H cells %.1f, NAP %.1f, %d cells, flags %s", slide.slide_id, core["core_id"], row["h_score_cells"], row["h_score_nap"], row["n_cells"], row["flags"] or "-")
     table = pd.DataFrame(rows)
