@@ -40,3 +40,25 @@ def test_single_core_images_are_scored_and_a_bad_one_is_named(tmp_path):
     assert row.h_score_cells == pytest.approx(expected["h_score_cells"], abs=3)
     assert "no_tumor_mask" in row["flags"] and pd.isna(row.h_score_ramcnn)
     assert (work / "results/slides/core_a/ihc/cores/core/overlay.png").is_file()
+
+
+def test_nuclei_model_replaces_the_threshold_detector(tmp_path, repo_root):
+    """ihc.nuclei_model: the workflow's nuclei come from a U-Net folder (read relative to the
+    workflow, as nuclei.model); a folder that is not a model stops the run at parse time."""
+    from bcpath.ihc.score import nuclei_model_segmenter
+
+    ihc = data.immunohistochemistry()
+    Image.fromarray(ihc).save(tmp_path / "core_a.png")
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text("slide_id\tpath\tstain\tmpp\ncore_a\tcore_a.png\tIHC\t0.5\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    bad = run_snakemake(work, "--cores", "1", "-n", "--config", f"samples={sheet}", "ihc={'nuclei_model': 'models/nope'}")
+    assert bad.returncode != 0 and "ihc.nuclei_model: models/nope" in bad.stdout + bad.stderr
+    result = run_snakemake(work, "--cores", "1", "--config", f"samples={sheet}", "ihc={'nuclei_model': 'models/nuclei_unet'}")
+    assert result.returncode == 0, result.stderr[-4000:]
+    row = pd.read_csv(work / "results/cohort/hscore.csv", dtype={"flags": str}).iloc[0]
+    expected = score_core(ihc, 0.5, segmenter=nuclei_model_segmenter(repo_root / "models/nuclei_unet")).summary
+    assert row.n_cells == expected["n_cells"]
+    assert row.h_score_cells == pytest.approx(expected["h_score_cells"], abs=0.5)
+    assert row.n_cells != score_core(ihc, 0.5).summary["n_cells"]  # not the threshold detector
