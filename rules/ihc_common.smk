@@ -15,7 +15,7 @@ if IHC.get("nuclei_model"):
     if not (_model / "best.pt").is_file() or not (_model / "train.json").is_file():
         raise WorkflowError(
             f"ihc.nuclei_model: {IHC['nuclei_model']} is not a nuclei model folder (best.pt + train.json); "
-            "give e.g. models/nuclei_unet_ihc or a `bcpath nuclei train` output, or null for the threshold detector"
+            "give e.g. models/nuclei_unet or a `bcpath nuclei train` output, or null for the threshold detector"
         )
     IHC["nuclei_model"] = str(_model)
     IHC_NUCLEI_MODEL_FILES = [str(_model / "best.pt"), str(_model / "train.json")]

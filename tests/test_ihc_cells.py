@@ -202,8 +202,28 @@ def test_deepliif_detection_f1(deepliif_results):
     assert pooled.n_gt == 427
     assert pooled.f1 >= 0.74 and pooled.precision >= 0.78 and pooled.recall >= 0.70
     assert pool_metrics(per_raw, MATCH_RADIUS_PX).f1 >= 0.73
+    # The issue's 8 px (2 µm) radius: measured P 0.734, R 0.660, F1 0.695 (target 0.8 not met).
+    at_8px = pool_metrics(per, 8.0)
+    assert at_8px.f1 >= 0.67 and at_8px.precision >= 0.70
     # Positive / negative calls on matched cells (measured 0.96 / 0.89 / 0.98).
     assert pooled.accuracy >= 0.92 and pooled.sensitivity >= 0.80 and pooled.specificity >= 0.94
+
+
+def test_deepliif_with_unet_nuclei(deepliif_results, repo_root):
+    """ihc nuclei from the shipped H&E U-Net instead of the threshold detector, pooled at 8 px.
+
+    Measured: P 0.858, R 0.623, F1 0.722; accuracy 0.966 — more precise, fewer pale nuclei.
+    """
+    from bcpath.ihc.score import nuclei_model_segmenter
+
+    segment = nuclei_model_segmenter(repo_root / "models/nuclei_unet")
+    per = []
+    for r in deepliif_results:
+        det = detect_cells(r["tile"].rgb, DEEPLIIF_MPP, nuclei=segment(r["tile"].rgb, DEEPLIIF_MPP))
+        per.append((det.xy, det.positive(), r["gt_xy"], r["gt_pos"]))
+    pooled = pool_metrics(per, 8.0)
+    print("U-Net nuclei, 8 px:", pooled.as_dict())
+    assert pooled.precision >= 0.82 and pooled.f1 >= 0.69 and pooled.accuracy >= 0.93
 
 
 def test_deepliif_percent_positive(deepliif_results):

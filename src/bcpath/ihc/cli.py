@@ -165,6 +165,6 @@ def add_ihc_subparser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     score.add_argument("--mpp", type=float, help="µm/px of the images (default: from the TIFF tags)")
     score.add_argument("--stains", choices=STAIN_CHOICES, default="liu2019", help="stain vectors (default liu2019)")
     score.add_argument("--ramcnn", metavar="DIR", help="trained RAM-CNN folder (ramcnn.pt + ramcnn.json, e.g. results/models/ramcnn) for h_score_ramcnn")
-    score.add_argument("--nuclei-model", metavar="DIR", help="nuclei model folder (e.g. models/nuclei_unet_ihc) instead of the threshold detector")
+    score.add_argument("--nuclei-model", metavar="DIR", help="nuclei model folder (e.g. models/nuclei_unet) instead of the threshold detector")
     score.add_argument("--out", required=True, help="output folder")
     score.set_defaults(func=_cmd_score)

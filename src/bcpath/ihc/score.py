@@ -201,7 +201,7 @@ class CoreScore:
 
 def nuclei_model_segmenter(path: str | Path, device: str = "cpu") -> Callable[[np.ndarray, float], np.ndarray]:
     """A ``segmenter`` for :func:`score_core` from a nuclei model folder (``bcpath nuclei train``;
-    one trained with ``--target-stain ihc``, such as models/nuclei_unet_ihc, suits IHC)."""
+    e.g. models/nuclei_unet, or one trained with ``--target-stain ihc``)."""
     from bcpath.nuclei.training import load_nuclei_model, predict_instances
 
     model = load_nuclei_model(path, device=device)
