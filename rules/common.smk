@@ -67,6 +67,16 @@ wildcard_constraints:
     slide="[A-Za-z0-9][A-Za-z0-9._-]*",
 
 
+def run_or_workflow_path(path):
+    """A configured path as given when it exists from the run folder, else under the workflow
+    (so models/nuclei_unet works from any run folder); unchanged when neither exists."""
+    from pathlib import Path
+
+    if not Path(path).exists() and (Path(workflow.basedir) / path).exists():
+        return str(Path(workflow.basedir) / path)
+    return str(path)
+
+
 def slide_path(wildcards):
     return SAMPLES.at[wildcards.slide, "path"]
 

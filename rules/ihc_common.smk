@@ -9,9 +9,7 @@ RAMCNN = IHC["ramcnn"]
 # as nuclei.model) replacing the threshold detector; its files are inputs of score_tma.
 IHC_NUCLEI_MODEL_FILES = []
 if IHC.get("nuclei_model"):
-    _model = Path(IHC["nuclei_model"])
-    if not _model.exists() and (Path(workflow.basedir) / _model).exists():
-        _model = Path(workflow.basedir) / _model
+    _model = Path(run_or_workflow_path(IHC["nuclei_model"]))
     if not (_model / "best.pt").is_file() or not (_model / "train.json").is_file():
         raise WorkflowError(
             f"ihc.nuclei_model: {IHC['nuclei_model']} is not a nuclei model folder (best.pt + train.json); "

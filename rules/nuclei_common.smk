@@ -3,10 +3,9 @@ from pathlib import Path
 
 NUCLEI = dict(config["nuclei"])
 # A model path is read relative to the run folder, else to the workflow (models/nuclei_unet).
-if NUCLEI["model"] not in ("otsu", "watershed", "fiji") and not Path(NUCLEI["model"]).exists():
-    if (Path(workflow.basedir) / NUCLEI["model"]).exists():
-        NUCLEI["model"] = str(Path(workflow.basedir) / NUCLEI["model"])
-    elif NUCLEI["enabled"]:
+if NUCLEI["model"] not in ("otsu", "watershed", "fiji"):
+    NUCLEI["model"] = run_or_workflow_path(NUCLEI["model"])
+    if not Path(NUCLEI["model"]).exists() and NUCLEI["enabled"]:
         raise WorkflowError(
             f"nuclei.model: {NUCLEI['model']} is neither a classical baseline (otsu, watershed, fiji) "
             "nor an existing model folder; give e.g. models/nuclei_unet or a `bcpath nuclei train` output"

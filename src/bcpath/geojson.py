@@ -82,3 +82,15 @@ def classification_name(feat: dict[str, Any]) -> str | None:
     if isinstance(cls, str):
         return cls
     return None
+
+
+def polygon_rings(feat: dict[str, Any]) -> list[list[Any]]:
+    """The polygons of a feature's Polygon or MultiPolygon geometry, each a list of rings
+    (exterior first, then holes; each ring a list of [x, y]); [] for other geometries."""
+    geometry = feat.get("geometry") or {}
+    kind = geometry.get("type")
+    if kind == "Polygon":
+        return [geometry["coordinates"]]
+    if kind == "MultiPolygon":
+        return list(geometry.get("coordinates", []))
+    return []

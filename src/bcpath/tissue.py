@@ -150,10 +150,7 @@ def mask_from_geojson(path: str | Path, shape: tuple[int, int], mask_mpp: float,
     scale = slide_mpp / mask_mpp
     mask = np.zeros(shape, dtype=np.uint8)
     for feat in geojson.read_geojson(path):
-        geometry = feat.get("geometry") or {}
-        kind = geometry.get("type")
-        polygons = [geometry["coordinates"]] if kind == "Polygon" else geometry.get("coordinates", []) if kind == "MultiPolygon" else []
-        for rings in polygons:
+        for rings in geojson.polygon_rings(feat):
             for index, ring in enumerate(rings):
                 points = np.round(np.asarray(ring, dtype=np.float64) * scale).astype(np.int32)
                 cv2.fillPoly(mask, [points], 1 if index == 0 else 0)

@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
-from skimage.segmentation import expand_labels, watershed
+from skimage.segmentation import expand_labels, relabel_sequential, watershed
 
 from bcpath.ihc.deconvolution import (
     DAB_CHANNEL,
@@ -348,17 +348,6 @@ def segment_nuclei(image: np.ndarray, mpp: float, params: DetectionParams) -> np
     return remap[labels]
 
 
-def _consecutive(labels: np.ndarray) -> np.ndarray:
-    """Relabel (H, W) int32 labels to 1..N in order of first id (0 stays background)."""
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    if ids.size == 0 or ids[-1] == ids.size:
-        return labels
-    remap = np.zeros(int(ids[-1]) + 1, np.int32)
-    remap[ids] = np.arange(1, ids.size + 1)
-    return remap[labels]
-
-
 def detect_cells(
     rgb: np.ndarray,
     mpp: float,
@@ -395,14 +384,14 @@ def detect_cells(
     rgb = np.asarray(rgb)[..., :3]
     i0 = estimate_white(rgb) if isinstance(white, str) else np.asarray(white, dtype=np.float64)
     conc = concentrations if concentrations is not None else separate_stains(rgb, stains, i0)
-    od_sum = rgb_to_od(rgb, i0).sum(axis=-1) if params.detection_image == "od_sum" else None
     if nuclei is None:
+        od_sum = rgb_to_od(rgb, i0).sum(axis=-1) if params.detection_image == "od_sum" else None
         nuclei = segment_nuclei(detection_image(conc, params.detection_image, od_sum), mpp, params)
     else:
         nuclei = np.asarray(nuclei)
         if nuclei.shape != rgb.shape[:2]:
             raise ValueError(f"nuclei labels {nuclei.shape} differ from the image {rgb.shape[:2]}")
-        nuclei = _consecutive(nuclei.astype(np.int32))
+        nuclei = relabel_sequential(nuclei.astype(np.int32))[0]
     n = int(nuclei.max())
     cells = expand_labels(nuclei, distance=params.cell_expansion_um / mpp) if params.cell_expansion_um > 0 and n else nuclei
     empty = np.zeros(0)

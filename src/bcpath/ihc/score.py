@@ -199,17 +199,12 @@ class CoreScore:
         ]
 
 
-def nuclei_model_segmenter(path: str | Path, device: str = "cpu") -> Callable[[np.ndarray, float], np.ndarray]:
+def nuclei_model_segmenter(path: str | Path) -> Callable[[np.ndarray, float], np.ndarray]:
     """A ``segmenter`` for :func:`score_core` from a nuclei model folder (``bcpath nuclei train``;
     e.g. models/nuclei_unet, or one trained with ``--target-stain ihc``)."""
-    from bcpath.nuclei.training import load_nuclei_model, predict_instances
+    from bcpath.nuclei.slide import get_segmenter
 
-    model = load_nuclei_model(path, device=device)
-
-    def segment(rgb: np.ndarray, mpp: float) -> np.ndarray:
-        return predict_instances(model, np.ascontiguousarray(rgb[..., :3]), mpp)
-
-    return segment
+    return get_segmenter(str(path))
 
 
 def score_core(

@@ -17,7 +17,6 @@ flag ``no_tumor_mask`` (a tumor FCN is not part of bcpath yet).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from bcpath.errors import BcpathError
-from bcpath.geojson import feature
+from bcpath.geojson import classification_name, feature, polygon_rings, read_geojson
 from bcpath.io import atomic_dir, atomic_path, write_json
 
 logger = logging.getLogger(__name__)
@@ -189,20 +188,16 @@ def tumor_polygons(annotations: str | None, classes: list[str]) -> list[list[np.
     if not annotations:
         return []
     try:
-        data = json.loads(Path(annotations).read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        features = read_geojson(annotations)
+    except (OSError, ValueError) as error:  # json.JSONDecodeError is a ValueError
         raise BcpathError(f"annotations {annotations}: not readable GeoJSON ({error}); export the annotations from QuPath as GeoJSON") from None
     wanted = {c.lower() for c in classes}
     rings: list[list[np.ndarray]] = []
-    for feat in data.get("features", []) if isinstance(data, dict) else []:
-        props = feat.get("properties") or {}
-        cls = props.get("classification") or {}
-        name = cls.get("name") if isinstance(cls, dict) else cls
+    for feat in features:
+        name = classification_name(feat)
         if not isinstance(name, str) or name.lower() not in wanted:
             continue
-        geometry = feat.get("geometry") or {}
-        polys = [geometry["coordinates"]] if geometry.get("type") == "Polygon" else geometry.get("coordinates", []) if geometry.get("type") == "MultiPolygon" else []
-        for poly in polys:
+        for poly in polygon_rings(feat):
             if poly:
                 rings.append([np.asarray(ring, dtype=np.float64)[:, :2] for ring in poly])
     return rings
@@ -353,20 +348,26 @@ def overlay_png(rgb: np.ndarray, scored: Any, tumor: np.ndarray | None, roi: np.
     return np.concatenate([left, right], axis=1)
 
 
-def _cell_feature(x: float, y: float, radius: float, cls: int, dab: float) -> dict[str, Any]:
-    angles = np.linspace(0, 2 * np.pi, 9)[:-1]
+def _circle(x: float, y: float, radius: float, n_vertices: int) -> dict[str, Any]:
+    """GeoJSON Polygon: a closed ring of ``n_vertices`` points on a circle (0.1 px rounding)."""
+    angles = np.linspace(0, 2 * np.pi, n_vertices + 1)[:-1]
     ring = [[round(float(x + radius * np.cos(a)), 1), round(float(y + radius * np.sin(a)), 1)] for a in angles]
-    ring.append(ring[0])
-    return feature({"type": "Polygon", "coordinates": [ring]}, "detection", CLASS_GEOJSON_NAMES[cls], CLASS_COLORS[cls], measurements={"Nucleus: DAB OD mean": dab})
+    return {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
+
+
+def _not_scored(flags: Any) -> bool:
+    """A core row whose flags say it has no scores (empty grid position or a scoring error)."""
+    return bool({"missing", "error"} & set(str(flags).split(";")))
+
+
+def _cell_feature(x: float, y: float, radius: float, cls: int, dab: float) -> dict[str, Any]:
+    return feature(_circle(x, y, radius, 8), "detection", CLASS_GEOJSON_NAMES[cls], CLASS_COLORS[cls], measurements={"Nucleus: DAB OD mean": dab})
 
 
 def _core_feature(row: dict[str, Any], radius: float) -> dict[str, Any]:
-    angles = np.linspace(0, 2 * np.pi, 65)[:-1]
-    ring = [[round(float(row["x"] + radius * np.cos(a)), 1), round(float(row["y"] + radius * np.sin(a)), 1)] for a in angles]
-    ring.append(ring[0])
     measurements = {k: row[k] for k in ("h_score_cells", "h_score_nap", "percent_positive", "n_cells") if isinstance(row[k], (int, float)) and math.isfinite(row[k])}
-    props = feature({"type": "Polygon", "coordinates": [ring]}, "annotation", "TMA core", [80, 80, 80], row["core_id"], measurements)
-    props["properties"]["isMissing"] = bool({"missing", "error"} & set(row["flags"].split(";")))
+    props = feature(_circle(row["x"], row["y"], radius, 64), "annotation", "TMA core", [80, 80, 80], row["core_id"], measurements)
+    props["properties"]["isMissing"] = _not_scored(row["flags"])
     return props
 
 
@@ -516,7 +517,7 @@ def collect_cores(score_files: list[str], core_scores: dict[str, str | None]) ->
         scores = pd.read_parquet(path)
         folder = Path(path).parent / "cores"
         scores["npz"] = [
-            "" if {"missing", "error"} & set(str(flags).split(";")) else str(folder / str(core) / "ramcnn_inputs.npz")
+            "" if _not_scored(flags) else str(folder / str(core) / "ramcnn_inputs.npz")
             for core, flags in zip(scores["core_id"], scores["flags"], strict=True)
         ]
         frames.append(scores)

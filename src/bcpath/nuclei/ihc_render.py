@@ -23,28 +23,25 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from bcpath.ihc.deconvolution import QUPATH_DAB, QUPATH_HEMATOXYLIN, rgb_to_od
+from bcpath.ihc.deconvolution import QUPATH_DAB, QUPATH_HEMATOXYLIN, StainVectors, separate_stains
 
 #: Ruifrok & Johnston's H&E OD vectors (hematoxylin, eosin), as in scikit-image's rgb2hed.
 HE_HEMATOXYLIN = np.array([0.65, 0.70, 0.29])
 HE_EOSIN = np.array([0.07, 0.99, 0.11])
 
 
-def _unit(v: NDArray[np.float64]) -> NDArray[np.float64]:
-    return v / np.linalg.norm(v)
-
-
 def hematoxylin_from_he(rgb: NDArray[np.uint8]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """(H, W) hematoxylin and eosin amounts (OD, clipped at 0) of an (H, W, 3) uint8 H&E image."""
-    h, e = _unit(HE_HEMATOXYLIN), _unit(HE_EOSIN)
-    matrix = np.stack([h, e, _unit(np.cross(h, e))])
-    od = rgb_to_od(rgb, 255.0)
-    conc = (od.reshape(-1, 3) @ np.linalg.inv(matrix).astype(np.float32)).reshape(od.shape)
-    return np.maximum(conc[..., 0], 0).astype(np.float32), np.maximum(conc[..., 1], 0).astype(np.float32)
+    # The H-DAB deconvolution with eosin in DAB's slot: channel 1 is then the eosin amount.
+    he = StainVectors(hematoxylin=HE_HEMATOXYLIN, dab=HE_EOSIN, name="ruifrok_he")
+    conc = separate_stains(rgb, he, 255.0)
+    return np.maximum(conc[..., 0], 0), np.maximum(conc[..., 1], 0)
 
 
 def _jitter(vector: NDArray[np.float64], rng: np.random.Generator, sd: float) -> NDArray[np.float64]:
-    return _unit(np.clip(_unit(vector) + rng.normal(0.0, sd, 3), 0.02, None))
+    """Unit OD vector moved by N(0, sd) per component (kept positive), renormalised."""
+    moved = np.clip(vector / np.linalg.norm(vector) + rng.normal(0.0, sd, 3), 0.02, None)
+    return moved / np.linalg.norm(moved)
 
 
 def render_ihc(

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import logging
 import math
@@ -491,20 +492,19 @@ def predict_probabilities(
     return (acc / wsum)[:, :h, :w]
 
 
+@torch.no_grad()
 def _tile_probabilities(bundle: NucleiModel, x: torch.Tensor) -> NDArray[np.float32]:
     """(B, 3, T, T) softmax of a (B, 3, T, T) input batch; the dihedral mean with ``bundle.tta``."""
-    with torch.no_grad():
-        if not bundle.tta:
-            return torch.softmax(bundle.model(x), dim=1).float().cpu().numpy()
-        total = torch.zeros((x.shape[0], 3, *x.shape[2:]), dtype=torch.float32)
-        for k in range(4):
-            for flip in (False, True):
-                view = torch.rot90(x, k, dims=(2, 3))
-                view = torch.flip(view, dims=(3,)) if flip else view
-                p = torch.softmax(bundle.model(view), dim=1).float().cpu()
-                p = torch.flip(p, dims=(3,)) if flip else p
-                total += torch.rot90(p, -k, dims=(2, 3))
-        return (total / 8).numpy()
+    if not bundle.tta:
+        return torch.softmax(bundle.model(x), dim=1).float().cpu().numpy()
+    total = torch.zeros((x.shape[0], 3, *x.shape[2:]), dtype=torch.float32)
+    for k, flip in itertools.product(range(4), (False, True)):
+        view = torch.rot90(x, k, dims=(2, 3))
+        view = torch.flip(view, dims=(3,)) if flip else view
+        p = torch.softmax(bundle.model(view), dim=1).float().cpu()
+        p = torch.flip(p, dims=(3,)) if flip else p
+        total += torch.rot90(p, -k, dims=(2, 3))
+    return (total / 8).numpy()
 
 
 def predict_instances(
