@@ -76,7 +76,7 @@ def read_geojson(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 def classification_name(feat: dict[str, Any]) -> str | None:
     """The class name of a QuPath feature, or None when unclassified."""
-    cls = feat.get("properties", {}).get("classification")
+    cls = (feat.get("properties") or {}).get("classification")
     if isinstance(cls, dict):
         return cls.get("name")
     if isinstance(cls, str):
