@@ -136,7 +136,7 @@ def mask_from_png(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
 
     with Image.open(path) as image:
         array = np.asarray(image.convert("L"))
-    resized = cv2.resize(array, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    resized = cv2.resize(array, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST_EXACT)
     return resized > 0
 
 

@@ -225,7 +225,7 @@ def blur_score(rgb: np.ndarray, tissue: np.ndarray, mpp: float) -> float:
     if abs(scale - 1.0) > 1e-3:
         size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
         grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
-        tissue = cv2.resize(tissue.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+        tissue = cv2.resize(tissue.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST_EXACT).astype(bool)
     lap = cv2.Laplacian(grey.astype(np.float32), cv2.CV_32F)
     return float(lap[tissue].var()) if tissue.sum() > 100 else float("nan")
 

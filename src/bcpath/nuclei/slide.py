@@ -244,7 +244,7 @@ def _combined_mask(tissue_mask: NDArray[np.bool_], region_mask: NDArray[np.bool_
         raise BcpathError(f"region mask must be a 2-D bool image, got shape {region.shape}")
     if region.shape != mask.shape:
         # Both cover the whole slide: resample the region onto the tissue mask's grid.
-        region = cv2.resize(region.astype(np.uint8), (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_NEAREST)
+        region = cv2.resize(region.astype(np.uint8), (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_NEAREST_EXACT)
     return np.asarray(mask & (region > 0), dtype=bool)
 
 
