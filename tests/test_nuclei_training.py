@@ -208,6 +208,8 @@ def test_two_epoch_training_writes_outputs(tmp_path: Path) -> None:
     assert meta2["best_sha256"] == saved["best_sha256"]
 
     bundle = load_nuclei_model(out)
+    assert bundle.device == ("cuda" if torch.cuda.is_available() else "cpu")  # GPU when there is one
+    assert next(bundle.model.parameters()).device.type == bundle.device
     rgb, _ = _synthetic((90, 130), 10, 9)
     labels = predict_instances(bundle, rgb, mpp=0.25)
     assert labels.shape == (90, 130) and labels.dtype == np.int32

@@ -541,10 +541,13 @@ def predict_instances(
 
 
 def load_nuclei_model(
-    path: str | Path, device: str = "cpu", checkpoint: str = "best.pt", tta: bool = False
+    path: str | Path, device: str | None = None, checkpoint: str = "best.pt", tta: bool = False
 ) -> NucleiModel:
     """Load a training output folder (or its ``best.pt`` / ``last.pt``, next to ``train.json``);
-    ``tta``: predict with test-time augmentation (:attr:`NucleiModel.tta`)."""
+    ``device``: None = CUDA when available, else CPU; ``tta``: predict with test-time
+    augmentation (:attr:`NucleiModel.tta`)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     path = Path(path)
     folder, weights = (path, path / checkpoint) if path.is_dir() else (path.parent, path)
     meta_path = folder / "train.json"
