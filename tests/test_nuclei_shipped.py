@@ -28,6 +28,10 @@ def test_shipped_weights_match_their_training_record(repo_root):
     card = (folder / "MODEL_CARD.md").read_text()
     assert "CC BY-NC-SA" in card and "bcpath nuclei train" in card
     assert f"{train['validation']['mean']['aji']:.3f}" in card
+    # stage 2 started from stage 1, whose record ships beside it
+    stage1 = json.loads((folder / "train_stage1.json").read_text())
+    assert train["init_from"]["sha256"] == stage1["best_sha256"]
+    assert train["architecture"] == stage1["architecture"] and train["split"] == stage1["split"]
 
 
 def test_shipped_unet_beats_the_papers_gb_unet_and_fiji_on_held_out_organs(repo_root, require_shared):
@@ -42,8 +46,9 @@ def test_shipped_unet_beats_the_papers_gb_unet_and_fiji_on_held_out_organs(repo_
         scores["unet"].append(evaluate(truth, unet(rgb, sample.mpp)))
         scores["fiji"].append(evaluate(truth, classical_baseline("fiji", rgb, sample.mpp)))
     mean = {name: {k: float(np.mean([r[k] for r in rows])) for k in ("aji", "map")} for name, rows in scores.items()}
-    # Lagree et al.'s GB U-Net: AJI 0.533, mAP 0.391 (on breast); the card records 0.619 / 0.325 here.
-    assert mean["unet"]["aji"] > 0.56, mean
+    # Lagree et al.'s GB U-Net: AJI 0.533, mAP 0.391 (on breast); the card records 0.626 / 0.337
+    # here (the model shipped before 2026-12-02, on misaligned targets: 0.619 / 0.325).
+    assert mean["unet"]["aji"] > 0.59 and mean["unet"]["map"] > 0.31, mean
     assert mean["unet"]["aji"] > mean["fiji"]["aji"] + 0.03, mean
     assert mean["unet"]["map"] > mean["fiji"]["map"], mean
 
