@@ -83,3 +83,25 @@ def test_real_cpm15(require_shared):
     rgb, labels = by_name["image10"].load()  # RGBA PNG on disk
     assert rgb.shape == (808, 1032, 3) and labels.shape == (808, 1032)
     assert labels.dtype == np.int32 and np.unique(labels).size - 1 > 50
+
+
+def test_cpm15_layout_folder_states_its_mpp(tmp_path):
+    from bcpath.errors import BcpathError
+    from bcpath.nuclei.training import list_nuclei_folder
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "inst_masks").mkdir()
+    for name in ("a", "b", "image10"):
+        cv2.imwrite(str(tmp_path / "images" / f"{name}.png"), np.zeros((8, 8, 3), np.uint8))
+        tifffile.imwrite(tmp_path / "inst_masks" / f"{name}_inst.tif", np.zeros((8, 8), np.uint16))
+
+    def mpps():
+        return {s.name: s.mpp for s in list_nuclei_folder(tmp_path)}
+
+    assert mpps() == {"a": 0.5, "b": 0.5, "image10": 0.25}  # CPM-15's own names, else 20x
+    (tmp_path / "mpp.json").write_text('{"*": 0.25, "b": 0.3}')
+    assert mpps() == {"a": 0.25, "b": 0.3, "image10": 0.25}
+    for bad in ('{"*": 0}', '["0.25"]', '{"*": "fast"}', "not json"):
+        (tmp_path / "mpp.json").write_text(bad)
+        with pytest.raises(BcpathError, match="mpp.json"):
+            list_nuclei_folder(tmp_path)

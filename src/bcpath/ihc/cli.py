@@ -154,8 +154,35 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _cmd_nuclei_data(args: argparse.Namespace) -> int:
+    from bcpath.ihc.nuclei_training import annotated_tiles, write_nuclei_training_folder
+
+    tiles = annotated_tiles(args.deepliif)
+    if args.exclude:
+        tiles = [t for t in tiles if t.name not in set(args.exclude)]
+    write_nuclei_training_folder(tiles, args.out)
+    print(f"{len(tiles)} annotated IHC tiles written to {args.out} (CPM-15 layout + mpp.json)")
+    return 0
+
+
+def _cmd_nuclei_cv(args: argparse.Namespace) -> int:
+    from bcpath.ihc.nuclei_training import cross_validate
+
+    result = cross_validate(
+        args.deepliif, args.out, args.init_from, epochs=args.epochs, lr=args.lr, seed=args.seed,
+        model_mpp=args.model_mpp, held_out=args.tile,
+    )
+    for row in result["folds"]:
+        tuned, before = row["fine_tuned"], row["initial"]
+        print(f"{row['tile']}: F1 {tuned['f1']:.3f} (P {tuned['precision']:.3f} R {tuned['recall']:.3f}), before {before['f1']:.3f}")
+    tuned, before = result["pooled"]["fine_tuned"], result["pooled"]["initial"]
+    print(f"pooled at 8 px: F1 {tuned['f1']:.3f} (P {tuned['precision']:.3f} R {tuned['recall']:.3f}, "
+          f"accuracy {tuned['accuracy']:.3f}); before fine-tuning {before['f1']:.3f}; details in {args.out}/cv.json")
+    return 0
+
+
 def add_ihc_subparser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register ``bcpath ihc score`` on ``sub``."""
+    """Register ``bcpath ihc score | nuclei-data | nuclei-cv`` on ``sub``."""
     from bcpath.ihc.score import STAIN_CHOICES
 
     ihc = sub.add_parser("ihc", help="IHC (DAB + hematoxylin) scoring: H-Score, NAP, Allred")
@@ -168,3 +195,25 @@ def add_ihc_subparser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     score.add_argument("--nuclei-model", metavar="DIR", help="nuclei model folder (e.g. models/nuclei_unet) instead of the threshold detector")
     score.add_argument("--out", required=True, help="output folder")
     score.set_defaults(func=_cmd_score)
+
+    data = actions.add_parser(
+        "nuclei-data",
+        help="write annotated DeepLIIF-style IHC tiles as a nuclei training folder for `bcpath nuclei train`",
+    )
+    data.add_argument("--deepliif", required=True, metavar="DIR", help="folder with test/, test_groundtruth/, val/")
+    data.add_argument("--exclude", nargs="*", metavar="NAME", help="tile names to leave out (e.g. to keep a test tile)")
+    data.add_argument("--out", required=True, help="output folder (images/, inst_masks/)")
+    data.set_defaults(func=_cmd_nuclei_data)
+
+    cv = actions.add_parser(
+        "nuclei-cv", help="leave-one-tile-out fine-tuning of a nuclei model on annotated IHC tiles: detection F1 at 8 px"
+    )
+    cv.add_argument("--deepliif", required=True, metavar="DIR", help="folder with test/, test_groundtruth/, val/")
+    cv.add_argument("--init-from", default="models/nuclei_unet", metavar="MODEL_DIR", help="nuclei model to fine-tune (default models/nuclei_unet)")
+    cv.add_argument("--epochs", type=int, default=200)
+    cv.add_argument("--lr", type=float, default=3e-4)
+    cv.add_argument("--seed", type=int, default=0)
+    cv.add_argument("--model-mpp", type=float, default=0.5, help="µm/px of the fine-tuned model (default 0.5; 0.25 = DeepLIIF's own)")
+    cv.add_argument("--tile", nargs="*", metavar="NAME", help="hold out only these tiles (default: each in turn)")
+    cv.add_argument("--out", required=True, help="work folder (fold models, cv.json)")
+    cv.set_defaults(func=_cmd_nuclei_cv)

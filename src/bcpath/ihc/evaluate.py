@@ -67,6 +67,50 @@ def read_rgb(path: str | Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+def _cell_components(mask_rgb: np.ndarray) -> list[tuple[bool, np.ndarray, np.ndarray, int]]:
+    """[(positive, pixels (H, W) bool, components (H, W) int32, count)] for red then blue cells
+    of a DeepLIIF mask (8-connected; green boundaries keep touching cells apart)."""
+    m = np.asarray(mask_rgb).astype(np.int16)
+    r, g, b = m[..., 0], m[..., 1], m[..., 2]
+    out = []
+    for is_pos, sel in ((True, (r > 127) & (g < 100) & (b < 100)), (False, (b > 127) & (r < 100) & (g < 100))):
+        lab, n = ndi.label(sel, structure=np.ones((3, 3), bool))
+        out.append((is_pos, sel, lab.astype(np.int32), int(n)))
+    return out
+
+
+def ground_truth_labels(mask_rgb: np.ndarray, shift: tuple[int, int] = (0, 0), min_area_px: int = 10) -> np.ndarray:
+    """(H, W) int32 nucleus instance labels (0 = background) from a DeepLIIF mask.
+
+    Each red or blue cell of at least ``min_area_px`` px grows by up to 2 px into the green
+    boundary drawn around it (the outline belongs to the nucleus), then the labels move by
+    ``shift`` = (dx, dy) (:func:`estimate_mask_shift`) onto the IHC image; pixels moved in
+    from outside the mask are background.
+    """
+    from skimage.segmentation import expand_labels
+
+    m = np.asarray(mask_rgb)[..., :3].astype(np.int16)
+    green = (m[..., 1] > 127) & (m[..., 0] < 100) & (m[..., 2] < 100)
+    labels = np.zeros(m.shape[:2], np.int32)
+    cells = np.zeros(m.shape[:2], bool)
+    for _, _, lab, n in _cell_components(m):
+        if n == 0:
+            continue
+        big = np.bincount(lab.ravel(), minlength=n + 1) >= min_area_px
+        big[0] = False
+        keep = big[lab]
+        labels[keep] = lab[keep] + labels.max()
+        cells |= keep
+    labels = np.where(cells | green, expand_labels(labels, 2), 0).astype(np.int32)
+    dx, dy = int(shift[0]), int(shift[1])
+    h, w = m.shape[:2]
+    moved = np.zeros_like(labels)
+    moved[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = labels[
+        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return moved
+
+
 def ground_truth_cells(mask_rgb: np.ndarray, min_area_px: int = 10) -> dict[str, np.ndarray]:
     """Cell centroids from a DeepLIIF ground-truth mask.
 
@@ -82,13 +126,10 @@ def ground_truth_cells(mask_rgb: np.ndarray, min_area_px: int = 10) -> dict[str,
         ``{"xy": (N, 2) float64 (x, y) centroids in px, "positive": (N,) bool,
         "area_px": (N,) int}``.
     """
-    m = np.asarray(mask_rgb).astype(np.int16)
-    r, g, b = m[..., 0], m[..., 1], m[..., 2]
     xy: list[np.ndarray] = []
     pos: list[np.ndarray] = []
     areas: list[np.ndarray] = []
-    for is_pos, sel in ((True, (r > 127) & (g < 100) & (b < 100)), (False, (b > 127) & (r < 100) & (g < 100))):
-        lab, n = ndi.label(sel, structure=np.ones((3, 3), bool))
+    for is_pos, sel, lab, n in _cell_components(mask_rgb):
         if n == 0:
             continue
         idx = np.arange(1, n + 1)

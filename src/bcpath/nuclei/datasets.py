@@ -5,7 +5,9 @@
   ``Annotations/Annotation/Regions/Region/Vertices/Vertex X Y``; ``MicronsPerPixel`` on the root).
 - CPM-15 (Vu et al. 2019): ``images/imageXX.png`` and ``inst_masks/imageXX_inst.tif`` (uint16
   instance labels, 0 = background). Magnification per image from the challenge README:
-  image01-07 at 20× (0.5 µm/px), image08-15 at 40× (0.25 µm/px).
+  image01-07 at 20× (0.5 µm/px), image08-15 at 40× (0.25 µm/px). Other folders in this
+  layout (your own annotations) are read at 0.5 µm/px unless an ``mpp.json`` beside
+  ``images/`` says otherwise: ``{"*": 0.25}`` for all images, or ``{"<stem>": 0.25, ...}``.
 
 Every reader returns ``(rgb uint8 (H, W, 3), instances int32 (H, W))``.
 """
@@ -143,15 +145,35 @@ def list_monuseg(root: str | Path) -> list[NucleiSample]:
     return samples
 
 
+def _stated_mpp(path: Path) -> dict[str, float]:
+    """``mpp.json`` as {stem or "*": µm/px}; {} without the file; ValueError naming it if bad."""
+    if not path.is_file():
+        return {}
+    import json
+    import math
+
+    try:
+        raw = json.loads(path.read_text())
+        stated = {str(k): float(v) for k, v in raw.items()}
+    except (ValueError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path}: expected a JSON object of image stem (or \"*\") to µm/px, e.g. {{\"*\": 0.25}} ({error})") from error
+    bad = [k for k, v in stated.items() if not (math.isfinite(v) and 0.05 <= v <= 20)]
+    if bad:
+        raise ValueError(f"{path}: µm/px out of range 0.05-20 for {bad}")
+    return stated
+
+
 def list_cpm15(root: str | Path) -> list[NucleiSample]:
-    """Samples under a CPM-15 folder (``images/*.png`` + ``inst_masks/*_inst.tif``), by name."""
+    """Samples under a CPM-15 folder (``images/*.png`` + ``inst_masks/*_inst.tif``), by name;
+    µm/px from ``mpp.json`` when the folder has one (see the module docstring)."""
     root = Path(root)
+    stated = _stated_mpp(root / "mpp.json")
     samples = []
     for image in sorted((root / "images").glob("*.png")):
         mask = root / "inst_masks" / f"{image.stem}_inst.tif"
         if not mask.exists():
             raise FileNotFoundError(f"{image}: no instance mask {mask}")
-        mpp = 0.25 if image.stem in CPM15_40X else 0.5
+        mpp = stated.get(image.stem, stated.get("*", 0.25 if image.stem in CPM15_40X else 0.5))
         samples.append(NucleiSample("cpm15", image.stem, image, mask, mpp))
     if not samples:
         raise FileNotFoundError(f"no CPM-15 images under {root / 'images'}")

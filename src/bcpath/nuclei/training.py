@@ -144,6 +144,8 @@ def list_nuclei_folder(folder: str | Path) -> list[NucleiSample]:
         raise BcpathError(
             f"nuclei data folder {folder}: {exc}; every image needs its annotation"
         ) from exc
+    except ValueError as exc:
+        raise BcpathError(f"nuclei data folder {folder}: {exc}") from exc
     raise BcpathError(
         f"nuclei data folder {folder}: neither MoNuSeg layout (images/*.tif + annotations/*.xml) "
         "nor CPM-15 layout (images/*.png + inst_masks/<stem>_inst.tif); arrange it as one of them"
