@@ -158,8 +158,8 @@ def _cmd_nuclei_data(args: argparse.Namespace) -> int:
     from bcpath.ihc.nuclei_training import annotated_tiles, write_nuclei_training_folder
 
     tiles = annotated_tiles(args.deepliif)
-    if args.exclude:
-        tiles = [t for t in tiles if t.name not in set(args.exclude)]
+    excluded = set(args.exclude or ())
+    tiles = [t for t in tiles if t.name not in excluded]
     write_nuclei_training_folder(tiles, args.out)
     print(f"{len(tiles)} annotated IHC tiles written to {args.out} (CPM-15 layout + mpp.json)")
     return 0

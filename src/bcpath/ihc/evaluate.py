@@ -93,7 +93,7 @@ def ground_truth_labels(mask_rgb: np.ndarray, shift: tuple[int, int] = (0, 0), m
     green = (m[..., 1] > 127) & (m[..., 0] < 100) & (m[..., 2] < 100)
     labels = np.zeros(m.shape[:2], np.int32)
     cells = np.zeros(m.shape[:2], bool)
-    for _, _, lab, n in _cell_components(m):
+    for _, _, lab, n in _cell_components(mask_rgb):
         if n == 0:
             continue
         big = np.bincount(lab.ravel(), minlength=n + 1) >= min_area_px
@@ -102,13 +102,8 @@ def ground_truth_labels(mask_rgb: np.ndarray, shift: tuple[int, int] = (0, 0), m
         labels[keep] = lab[keep] + labels.max()
         cells |= keep
     labels = np.where(cells | green, expand_labels(labels, 2), 0).astype(np.int32)
-    dx, dy = int(shift[0]), int(shift[1])
-    h, w = m.shape[:2]
-    moved = np.zeros_like(labels)
-    moved[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = labels[
-        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
-    ]
-    return moved
+    # integer shift, nearest (order 0): labels stay labels; what enters from outside is 0
+    return np.asarray(ndi.shift(labels, (int(shift[1]), int(shift[0])), order=0, mode="constant", cval=0), dtype=np.int32)
 
 
 def ground_truth_cells(mask_rgb: np.ndarray, min_area_px: int = 10) -> dict[str, np.ndarray]:

@@ -14,6 +14,8 @@ Every reader returns ``(rgb uint8 (H, W, 3), instances int32 (H, W))``.
 
 from __future__ import annotations
 
+import json
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,9 +151,6 @@ def _stated_mpp(path: Path) -> dict[str, float]:
     """``mpp.json`` as {stem or "*": µm/px}; {} without the file; ValueError naming it if bad."""
     if not path.is_file():
         return {}
-    import json
-    import math
-
     try:
         raw = json.loads(path.read_text())
         stated = {str(k): float(v) for k, v in raw.items()}

@@ -554,16 +554,23 @@ def decode_at_size(
     """
     from bcpath.nuclei.targets import instances_from_probabilities
 
+    resized, min_area = _probabilities_at_size(probs, shape, min_area_px)
+    return instances_from_probabilities(resized, threshold, min_area)
+
+
+def _probabilities_at_size(
+    probs: NDArray[np.float32], shape: tuple[int, int], min_area_px: int
+) -> tuple[NDArray[np.float32], int]:
+    """(3, H, W) probabilities resampled to ``shape`` and ``min_area_px`` scaled to match."""
     h, w = probs.shape[1:]
     H, W = int(shape[0]), int(shape[1])
     if (h, w) == (H, W):
-        return instances_from_probabilities(probs, threshold, min_area_px)
+        return probs, min_area_px
     interp = cv2.INTER_LINEAR if H * W > h * w else cv2.INTER_AREA
     resized = np.stack(
         [cv2.resize(np.ascontiguousarray(c), (W, H), interpolation=interp) for c in probs]
     ).astype(np.float32)
-    area_ratio = (H * W) / (h * w)
-    return instances_from_probabilities(resized, threshold, max(1, int(round(min_area_px * area_ratio))))
+    return resized, max(1, int(round(min_area_px * (H * W) / (h * w))))
 
 
 def load_nuclei_model(
@@ -666,14 +673,17 @@ def validate_thresholds(
     """Best threshold by mean AJI over ``images`` (scored at original size against the original
     labels), the mean metrics at it and per-image rows."""
     from bcpath.nuclei.metrics import evaluate
+    from bcpath.nuclei.targets import instances_from_probabilities
 
     per_thr: dict[float, list[dict[str, float]]] = {t: [] for t in thresholds}
     for im in images:
         gt = im.original_labels if im.original_labels is not None else im.labels
-        probs = predict_probabilities(bundle, im.rgb)
+        # resampled once per image, decoded per threshold (as decode_at_size does)
+        probs, min_area = _probabilities_at_size(
+            predict_probabilities(bundle, im.rgb), gt.shape, bundle.min_area_px
+        )
         for t in thresholds:
-            pred = decode_at_size(probs, gt.shape, t, bundle.min_area_px)
-            per_thr[t].append(evaluate(gt, pred))
+            per_thr[t].append(evaluate(gt, instances_from_probabilities(probs, t, min_area)))
     best = max(
         thresholds, key=lambda t: (float(np.mean([m["aji"] for m in per_thr[t]])), -abs(t - 0.5))
     )
