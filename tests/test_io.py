@@ -52,3 +52,19 @@ def test_killed_tiling_leaves_no_final_output(require_shared, tmp_path):
     assert any(out.glob(".tiles.zarr.*.tmp")), "tiling finished before it could be killed"
     assert not (out / "tiles.zarr").exists()
     assert not (out / "grid.parquet").exists()
+
+
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750), (0o077, 0o600, 0o700)])
+def test_atomic_outputs_get_the_mode_the_umask_gives(tmp_path, umask, file_mode, dir_mode):
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "x.json", {"a": 1})
+        with atomic_dir(tmp_path / "tiles.zarr") as tmp:
+            (tmp / "chunk").write_text("1")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == file_mode
+    assert stat.S_IMODE((tmp_path / "tiles.zarr").stat().st_mode) == dir_mode
