@@ -41,4 +41,4 @@ onsuccess:
 
 
 onerror:
-    write_failures_report()
+    write_failures_report(failed_run=True)

@@ -1,10 +1,13 @@
 # Sample-sheet loading and helpers shared by the rule files.
+import os
+import time
+
 import pandas as pd
 from snakemake.exceptions import WorkflowError
 
 from bcpath.cohort import load_cohort, optional_value
 from bcpath.errors import BcpathError
-from bcpath.workflow import collect_failures
+from bcpath.workflow import FinishedJob, clear_finished_jobs, collect_failures, record_failed_jobs, write_partial_table
 
 DEMO_DIR = "results/demo_cohort"
 DEMO_TMA_ID = "tma_ihc_01"  # bcpath.demo.tma.TMA_SLIDE_ID (that module imports numpy: not at parse time)
@@ -61,6 +64,7 @@ CORE_IMAGES = [
 WSI_SLIDES = [s for s in SLIDES if s not in CORE_IMAGES]
 HE_SLIDES = [s for s in SLIDES if (SAMPLES.at[s, "stain"] or "HE") == "HE"]
 IHC_SLIDES = [s for s in SLIDES if SAMPLES.at[s, "stain"] == "IHC"]
+IHC_SCORES = "results/slides/{slide}/ihc/scores.parquet"
 
 
 wildcard_constraints:
@@ -118,9 +122,66 @@ def all_targets():
     ]
 
 
-def write_failures_report():
-    rows = collect_failures("results/cohort/failures", "results/cohort/failures.csv", SLIDES)
+FAILURES_DIR = "results/cohort/failures"
+RUN_STARTED = time.time()  # failure records older than this are not this run's
+QC_INPUTS = {
+    "qc": "results/slides/{slide}/tissue/qc.json",
+    "info": "results/slides/{slide}/info.json",
+    "grid": "results/slides/{slide}/grid.parquet",
+}
+
+
+def _job_states(jobs):
+    """Snakemake jobs (group jobs unpacked) as bcpath.workflow.FinishedJob records."""
+    states = []
+    for job in jobs:
+        for one in (job.jobs if job.is_group() else [job]):
+            states.append(
+                FinishedJob(
+                    one.rule.name,
+                    {k: str(v) for k, v in one.wildcards_dict.items()},
+                    str(one.log[0]) if len(one.log) else None,
+                    getattr(one.params, "failure_record", None),
+                )
+            )
+    return states
+
+
+def _write_partial_cohort_tables(rows):
+    """Cohort tables from the slides that succeeded, failed ones listed (a failed run only)."""
+    from bcpath.pipeline import partial_qc_table
+
+    failed = {}
+    for row in rows:
+        failed.setdefault(row["slide_id"], row["error"])
+    if any(not all(os.path.exists(p.format(slide=s)) for p in QC_INPUTS.values()) for s in WSI_SLIDES):
+        table = partial_qc_table(WSI_SLIDES, QC_INPUTS, failed)
+        inputs = [p.format(slide=s) for s in WSI_SLIDES for p in QC_INPUTS.values()]
+        write_partial_table(table, "results/cohort/qc.csv", inputs)
+        logger.warning(f"bcpath: results/cohort/qc.csv lists {int((table.status == 'ok').sum())} of {len(table)} slide(s); the others failed or did not run")
+    if IHC_SLIDES and any(not os.path.exists(IHC_SCORES.format(slide=s)) for s in IHC_SLIDES):
+        from bcpath.ihc.steps import partial_hscore_table
+
+        sheets = {s: optional_value(SAMPLES, s, "core_scores") for s in IHC_SLIDES}
+        table = partial_hscore_table(IHC_SLIDES, IHC_SCORES, sheets, failed)
+        write_partial_table(table, "results/cohort/hscore.csv", [IHC_SCORES.format(slide=s) for s in IHC_SLIDES])
+        logger.warning("bcpath: results/cohort/hscore.csv lists the IHC slides that were scored (no RAM-CNN); the others are marked failed or not_run")
+
+
+def write_failures_report(failed_run=False):
+    """onsuccess/onerror: failures.csv from the jobs' own records and Snakemake's job states
+    (a job killed by SIGKILL writes no record), a one-line summary per failure, and on a failed
+    run the cohort tables of the slides that succeeded."""
+    finished = getattr(workflow.dag, "_finished", ())
+    clear_finished_jobs(_job_states(finished), FAILURES_DIR)
+    unwritten = record_failed_jobs(_job_states(getattr(workflow.scheduler, "failed", ())), FAILURES_DIR, RUN_STARTED)
+    rows = collect_failures(FAILURES_DIR, "results/cohort/failures.csv", SLIDES, unwritten)
     if rows:
         logger.warning(f"bcpath: {len(rows)} step(s) failed; see results/cohort/failures.csv")
         for row in rows:
-            logger.warning(f"  {row['rule']}: {row['error']}")
+            logger.warning(f"bcpath: {row['error']}")
+    if failed_run:
+        try:
+            _write_partial_cohort_tables(rows)
+        except Exception as error:  # never hide the run's own failures behind this one
+            logger.error(f"bcpath: could not write the partial cohort tables: {type(error).__name__}: {error}")

@@ -110,9 +110,44 @@ def cohort_qc_table(qc_files: list[str], info_files: list[str], grid_files: list
                 "background_brightness": qc["background_brightness"],
                 "n_tiles": n_tiles,
                 "flags": ";".join(qc["flags"]),
+                "status": "ok",
+                "error": "",
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=QC_COLUMNS)
+
+
+#: Columns of results/cohort/qc.csv. ``status`` is ok, failed (``error`` says why) or not_run.
+QC_COLUMNS = (
+    "slide_id", "reader", "mpp", "mpp_source", "width", "height", "tissue_area_mm2", "tissue_fraction",
+    "n_tissue_pieces", "blur_score", "pen_fraction", "background_brightness", "n_tiles", "flags", "status", "error",
+)
+
+
+def partial_qc_table(slide_ids: list[str], patterns: dict[str, str], failures: dict[str, str]) -> Any:
+    """qc.csv from the slides whose steps succeeded, one ``failed``/``not_run`` row for each other.
+
+    Args:
+        slide_ids: every slide of the cohort, in order.
+        patterns: ``{"qc": ..., "info": ..., "grid": ...}`` paths with ``{slide}``.
+        failures: slide id → error message (failures.csv) for slides that failed.
+    """
+    import pandas as pd
+
+    def files(slide: str) -> list[str]:
+        return [patterns[key].format(slide=slide) for key in ("qc", "info", "grid")]
+
+    done = [s for s in slide_ids if all(Path(f).is_file() for f in files(s))]
+    table = cohort_qc_table(*([files(s)[k] for s in done] for k in range(3)))
+    others = pd.DataFrame(
+        [{"slide_id": s, "status": "failed" if s in failures else "not_run", "error": failures.get(s, "")} for s in slide_ids if s not in done],
+        columns=QC_COLUMNS,
+    )
+    if len(others):
+        table = pd.concat([table, others], ignore_index=True) if len(table) else others
+        table = table.astype({c: "Int64" for c in ("width", "height", "n_tissue_pieces", "n_tiles")})
+    order = {s: i for i, s in enumerate(slide_ids)}
+    return table.sort_values("slide_id", key=lambda ids: ids.map(order), kind="stable").reset_index(drop=True)
 
 
 def aggregate_qc_step(input: Any, output: Any, **_: Any) -> None:

@@ -23,15 +23,31 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 FAILURE_FIELDS = ("slide_id", "rule", "error", "log", "time")
+COHORT = "cohort"  # slide_id of the failure record of a cohort-level job
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    """What the onerror/onsuccess handlers know of a Snakemake job: rule, wildcards, first log
+    file and its ``params.failure_record`` (None when the rule has none)."""
+
+    rule: str
+    wildcards: dict[str, str]
+    log: str | None = None
+    record: str | None = None
 
 
 def configure_logging(log_path: str | None, level: int = logging.INFO) -> None:
     """Log to the rule's log file and to stderr (entry points only; libraries never do this)."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    console = logging.StreamHandler(sys.stderr)
+    # A job's final error goes to its log only: the run's summary prints it once at the end.
+    console.addFilter(lambda record: not getattr(record, "log_file_only", False))
+    handlers: list[logging.Handler] = [console]
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_path, mode="w"))
@@ -92,30 +108,40 @@ def run_rule(snakemake: Any, step: str | Callable[..., Any]) -> None:
     except Exception as error:
         from bcpath.errors import BcpathError
 
+        file_only = {"log_file_only": bool(log_path)}
         if isinstance(error, BcpathError):
             message = str(error)
-            logger.error("%s", message)
+            logger.error("%s", message, extra=file_only)
         else:
             message = f"slide {slide_id}: unexpected error in {rule}: {type(error).__name__}: {error}; see the log for the traceback"
-            logger.error("%s\n%s", message, traceback.format_exc())
+            logger.error("%s\n%s", message, traceback.format_exc(), extra=file_only)
         if record:
-            write_failure_record(record, slide_id, rule, message, log_path)
-        # One clear line for the console; Snakemake adds the rule, wildcards and log path.
-        sys.stderr.write(f"\nbcpath: {message}\n")
+            try:
+                write_failure_record(record, slide_id, rule, message, log_path)
+            except OSError as record_error:  # e.g. a full disk: the run's onerror handler records the job instead
+                logger.error("could not write the failure record %s: %s", record, record_error)
+        # The console gets the message once, in the run's failure summary (rules/common.smk).
         sys.exit(1)
     if record:
         Path(record).unlink(missing_ok=True)
     logger.info("%s done for %s", rule, slide_id)
 
 
-def collect_failures(records_dir: str | os.PathLike[str], out_csv: str | os.PathLike[str], slide_ids: Iterable[str] | None = None) -> list[dict[str, str]]:
+def collect_failures(
+    records_dir: str | os.PathLike[str],
+    out_csv: str | os.PathLike[str],
+    slide_ids: Iterable[str] | None = None,
+    extra: Iterable[dict[str, str]] = (),
+) -> list[dict[str, str]]:
     """Gather failure records into a CSV (header only when nothing failed).
 
-    Records of slides no longer in the cohort are ignored.
+    Records of slides no longer in the cohort are ignored; cohort-level jobs' records
+    (slide_id ``cohort``) are kept. ``extra`` rows (records that could not be written) are
+    added.
     """
     from bcpath.io import atomic_path
 
-    wanted = set(slide_ids) if slide_ids is not None else None
+    wanted = {*slide_ids, COHORT} if slide_ids is not None else None
     rows = []
     folder = Path(records_dir)
     if folder.is_dir():
@@ -126,11 +152,80 @@ def collect_failures(records_dir: str | os.PathLike[str], out_csv: str | os.Path
                 continue
             if wanted is None or record.get("slide_id") in wanted:
                 rows.append({field: str(record.get(field, "")) for field in FAILURE_FIELDS})
+    rows += [{field: str(row.get(field, "")) for field in FAILURE_FIELDS} for row in extra]
     with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=FAILURE_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
     return rows
+
+
+def job_record_path(records_dir: str | os.PathLike[str], rule: str, wildcards: dict[str, str], record: str | None = None) -> Path:
+    """Where a job's failure record lives: its ``params.failure_record`` when it has one, else
+    ``{records_dir}/{slide or 'cohort'}.{rule}[.{other wildcards}].json``."""
+    if record:
+        return Path(record)
+    others = ".".join(str(v) for k, v in sorted(wildcards.items()) if k != "slide")
+    name = ".".join(part for part in (wildcards.get("slide", COHORT), rule, others) if part)
+    return Path(records_dir) / f"{name}.json"
+
+
+def record_failed_jobs(jobs: Iterable[FinishedJob], records_dir: str | os.PathLike[str], run_started: float) -> list[dict[str, str]]:
+    """Write a failure record for every failed job that left none in this run.
+
+    A job killed by SIGKILL (the out-of-memory killer, a time limit) or one that could not write
+    its record (full disk) never reaches ``run_rule``'s error path; the workflow's onerror
+    handler passes Snakemake's own list of failed jobs here, so failures.csv lists every
+    failure whatever ended it. Records written by the job itself during this run (newer than
+    ``run_started``, a ``time.time()``) are kept as they are.
+
+    Returns:
+        the rows of records that could not be written (pass them to :func:`collect_failures`).
+    """
+    unwritten = []
+    for job in jobs:
+        path = job_record_path(records_dir, job.rule, job.wildcards, job.record)
+        try:
+            if path.stat().st_mtime >= run_started:
+                continue
+        except OSError:
+            pass
+        slide = job.wildcards.get("slide")
+        what = f"slide {slide}: {job.rule}" if slide else f"{job.rule} ({', '.join(f'{k}={v}' for k, v in job.wildcards.items()) or COHORT})"
+        message = (
+            f"{what} stopped without reporting an error: the job was killed (e.g. by the out-of-memory killer, "
+            "a time limit or a signal) or could not write its record (disk full?); see its log"
+            f"{f' {job.log}' if job.log else ''}, give the rule more memory (--set-resources {job.rule}:mem_mb=...) if it ran out, and rerun"
+        )
+        try:
+            write_failure_record(path, slide or COHORT, job.rule, message, job.log)
+        except OSError:
+            time = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            unwritten.append({"slide_id": slide or COHORT, "rule": job.rule, "error": message, "log": job.log or "", "time": time})
+    return unwritten
+
+
+def clear_finished_jobs(jobs: Iterable[FinishedJob], records_dir: str | os.PathLike[str]) -> None:
+    """Remove stale failure records of jobs that succeeded in this run (any rule)."""
+    for job in jobs:
+        job_record_path(records_dir, job.rule, job.wildcards, job.record).unlink(missing_ok=True)
+
+
+def write_partial_table(table: Any, out_csv: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]]) -> None:
+    """Write a cohort table that the onerror handler built from the slides that succeeded.
+
+    The file is dated just before the oldest of ``inputs`` that exists, so Snakemake's mtime
+    check reruns the table's own rule as soon as all of its inputs can be made (bad slide fixed
+    or dropped from the cohort) and never takes the partial table for a complete one.
+    """
+    from bcpath.io import atomic_path
+
+    with atomic_path(out_csv) as tmp:
+        table.to_csv(tmp, index=False)
+    times = [Path(p).stat().st_mtime for p in inputs if Path(p).exists()]
+    if times:
+        stamp = min(times) - 1.0
+        os.utime(out_csv, (stamp, stamp))
 
 
 def coerce_command_line_values(config: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:

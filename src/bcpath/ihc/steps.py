@@ -577,8 +577,28 @@ def build_hscore_table(cores: pd.DataFrame, ramcnn: pd.DataFrame | None) -> pd.D
         table["h_score_ramcnn"] = np.nan
         table["ramcnn_source"] = ""
     table["ramcnn_source"] = table["ramcnn_source"].fillna("")
-    extra = [c for c in table.columns if c not in HSCORE_COLUMNS and c != "npz"]
-    return table[[*HSCORE_COLUMNS, *extra]]
+    table["status"] = "ok"
+    table["error"] = ""
+    extra = [c for c in table.columns if c not in HSCORE_COLUMNS and c not in ("npz", "status", "error")]
+    return table[[*HSCORE_COLUMNS, *extra, "status", "error"]]
+
+
+def partial_hscore_table(slide_ids: list[str], scores_pattern: str, core_scores: dict[str, str | None], failures: dict[str, str]) -> pd.DataFrame:
+    """hscore.csv from the IHC slides that were scored (cell scoring and NAP; RAM-CNN needs every
+    slide), plus one row per other slide with status ``failed`` (and its error) or ``not_run``.
+
+    Args:
+        slide_ids: every IHC slide, in order.
+        scores_pattern: results/slides/{slide}/ihc/scores.parquet.
+        core_scores: slide id → reference CSV (sheet column core_scores) or None.
+        failures: slide id → error message for slides that failed.
+    """
+    done = [s for s in slide_ids if Path(scores_pattern.format(slide=s)).is_file()]
+    others = [{"slide_id": s, "status": "failed" if s in failures else "not_run", "error": failures.get(s, "")} for s in slide_ids if s not in done]
+    if not done:
+        return pd.DataFrame(others, columns=[*HSCORE_COLUMNS, "status", "error"])
+    table = build_hscore_table(collect_cores([scores_pattern.format(slide=s) for s in done], {s: core_scores.get(s) for s in done}), None)
+    return pd.concat([table, pd.DataFrame(others, columns=table.columns)], ignore_index=True) if others else table
 
 
 def h_score_agreement(table: pd.DataFrame) -> dict[str, Any]:
