@@ -98,11 +98,15 @@ def test_sample_sheet_columns_labels_and_splits(cohort: Path) -> None:
         assert {r["ER"], r["PR"], r["HER2"]} <= {"positive", "negative"}
         assert r["split"] in {"train", "tune", "test"}
         assert float(r["proliferation"]) >= 0
-        assert r["grade"] in ({"1", "2"} if r["ER"] == "positive" else {"3"})
+        assert r["grade"] in {"1", "2", "3"}
+        assert (cohort / r["mitoses"]).is_file()
     phenotypes = [(r["ER"], r["PR"], r["HER2"]) for r in rows]
     assert phenotypes.count(("positive", "positive", "negative")) == 4
     assert phenotypes.count(("negative", "negative", "negative")) == 2
     assert phenotypes.count(("negative", "negative", "positive")) == 2
+    # grade (and with it the planted mitoses) varies within each phenotype
+    for phenotype in set(phenotypes):
+        assert len({r["grade"] for r in rows if (r["ER"], r["PR"], r["HER2"]) == phenotype}) > 1
     splits = [r["split"] for r in rows]
     assert (splits.count("train"), splits.count("tune"), splits.count("test")) == (4, 2, 2)
     for split in ("train", "tune", "test"):

@@ -21,11 +21,11 @@ logger = logging.getLogger(__name__)
 
 OPTIONAL_COLUMNS = (
     "mpp", "stain", "ER", "PR", "HER2", "grade", "proliferation", "split",
-    "patient_id", "annotations", "tissue_mask", "core_map", "core_scores",
+    "patient_id", "annotations", "tissue_mask", "core_map", "core_scores", "mitoses",
 )
 REQUIRED_COLUMNS = ("slide_id", "path")
 _NUMBER_COLUMNS = {"mpp": float, "grade": int, "proliferation": float}
-_PATH_COLUMNS = ("path", "annotations", "tissue_mask", "core_map", "core_scores")
+_PATH_COLUMNS = ("path", "annotations", "tissue_mask", "core_map", "core_scores", "mitoses")
 _STAIN_ALIASES = {"he": "HE", "h&e": "HE", "h-e": "HE", "ihc": "IHC", "dab": "IHC"}
 _STATUS_ALIASES = {"positive": "positive", "pos": "positive", "+": "positive", "negative": "negative", "neg": "negative", "-": "negative"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 DEMO_MPP: float = 0.5
 """µm per pixel at level 0 of every demo slide (20× equivalent)."""
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 """Bumped whenever the pixels, labels or truth of a given seed change."""
 
 # Slide size range at level 0 in px (width, height), inclusive.
@@ -63,6 +63,14 @@ _BLOCK: tuple[tuple[str, str], ...] = (
     ("her2_enriched", "train"),
 )
 
+# Nottingham grade of each block position, in even and odd blocks: grade (and with it the planted
+# mitosis density and the proliferation score) varies within every phenotype and every split,
+# so the proliferation models can only succeed by counting mitoses.
+_GRADES: tuple[tuple[int, ...], tuple[int, ...]] = (
+    (1, 3, 2, 3, 1, 2, 2, 2),
+    (2, 2, 1, 3, 2, 3, 3, 3),
+)
+
 SAMPLE_COLUMNS = (
     "slide_id",
     "path",
@@ -78,6 +86,7 @@ SAMPLE_COLUMNS = (
     "annotations",
     "core_map",
     "core_scores",
+    "mitoses",
 )
 
 
@@ -95,6 +104,7 @@ class SlidePlan:
     phenotype: str
     split: str
     patient_id: str
+    grade: int
 
 
 def plan_slide(seed: int, index: int) -> SlidePlan:
@@ -111,6 +121,7 @@ def plan_slide(seed: int, index: int) -> SlidePlan:
         phenotype=phenotype,
         split=split,
         patient_id=f"demo_patient_{index + 1:02d}",
+        grade=_GRADES[block % 2][position],
     )
 
 
@@ -146,7 +157,8 @@ def make_demo_slide(
     plan = plan_slide(seed, index)
     phenotype = PHENOTYPES[plan.phenotype]
     rng = np.random.default_rng((seed, index))
-    grade = int(rng.choice(phenotype.grades))
+    rng.choice(phenotype.grades)  # drawn and unused: keeps every later draw of (seed, index) as before
+    grade = plan.grade
     width = int(rng.integers(_WIDTH_RANGE[0], _WIDTH_RANGE[1] + 1))
     height = int(rng.integers(_HEIGHT_RANGE[0], _HEIGHT_RANGE[1] + 1))
     if size is not None:
@@ -282,11 +294,12 @@ def write_samples_tsv(path: Path, records: list[dict[str, Any]], tma: dict[str, 
                 [
                     r["slide_id"], r["path"], r["mpp"], "HE", r["ER"], r["PR"], r["HER2"],
                     r["grade"], r["proliferation"], r["split"], r["patient_id"], r["annotations"], "", "",
+                    r["truth_mitoses"],
                 ]
             )
         if tma is not None:
             out.writerow(
-                [tma["slide_id"], tma["path"], tma["mpp"], "IHC", "", "", "", "", "", "", "", tma["annotations"], "", tma["core_scores"]]
+                [tma["slide_id"], tma["path"], tma["mpp"], "IHC", "", "", "", "", "", "", "", tma["annotations"], "", tma["core_scores"], ""]
             )
 
 

@@ -78,6 +78,8 @@ PHENOTYPES: dict[str, Phenotype] = {
     "triple_negative": Phenotype("triple_negative", False, False, False, (3,), "solid_sheets", 9000.0, 500.0),
     "her2_enriched": Phenotype("her2_enriched", False, False, True, (3,), "solid_nests", 700.0, 50.0),
 }
+"""``grades`` are the typical grades of a phenotype; the demo cohort assigns each slide's grade by
+its position (``bcpath.demo.cohort._GRADES``) so that grade varies within phenotypes."""
 
 # Planted mitoses per mm² of annotated tumor, by grade (a slide draws a lognormal factor).
 MITOSES_PER_MM2: dict[int, float] = {1: 2.5, 2: 6.0, 3: 14.0}

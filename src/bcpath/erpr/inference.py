@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bcpath.engine import autocast_dtype, granted_threads
 from bcpath.errors import BcpathError
 
 if TYPE_CHECKING:
@@ -66,14 +67,6 @@ def _probability_columns_of(columns: Any) -> list[str]:
     """The ``p_<int>`` columns of a table, in class order."""
     found = [c for c in columns if isinstance(c, str) and c.startswith(PROBABILITY_PREFIX) and c[2:].isdigit()]
     return sorted(found, key=lambda c: int(c[2:]))
-
-
-def granted_threads() -> int:
-    """CPU cores this process may use (affinity mask, as set by Snakemake/SLURM), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
 
 
 def patch_origins(
@@ -254,10 +247,6 @@ class PatchDataset:
         return x0, y0
 
 
-def _autocast_dtype(torch: Any) -> Any:
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def predict_slide(
     model: torch.nn.Module,
     spec: ModelSpec,
@@ -361,7 +350,7 @@ def predict_slide(
                     inputs = batch.to(dev, non_blocking=on_cuda).float().div_(255.0).sub_(mean).div_(std)
                     if on_cuda:
                         inputs = inputs.contiguous(memory_format=torch.channels_last)
-                        with torch.autocast("cuda", dtype=_autocast_dtype(torch)):
+                        with torch.autocast("cuda", dtype=autocast_dtype()):
                             output = model(inputs)
                     else:
                         output = model(inputs)

@@ -275,7 +275,7 @@ def train_patch_classifier(
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from bcpath.erpr.inference import _autocast_dtype, granted_threads
+    from bcpath.engine import autocast_dtype, granted_threads
     from bcpath.erpr.sampling import PatchSampleDataset
     from bcpath.io import atomic_path, json_ready, write_json
     from bcpath.models.registry import build_model, save_weights
@@ -316,7 +316,7 @@ def train_patch_classifier(
         if on_cuda:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        amp_dtype = _autocast_dtype(torch) if on_cuda else None
+        amp_dtype = autocast_dtype() if on_cuda else None
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         mean = torch.tensor(spec.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
         std = torch.tensor(spec.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)

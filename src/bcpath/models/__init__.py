@@ -2,8 +2,10 @@
 
 from bcpath.models.registry import (
     DEFAULT_ARCHITECTURE,
+    MODEL_KINDS,
     ModelSpec,
     build_model,
+    load_model,
     load_registry,
     load_weights,
     preprocess,
@@ -13,8 +15,10 @@ from bcpath.models.registry import (
 
 __all__ = [
     "DEFAULT_ARCHITECTURE",
+    "MODEL_KINDS",
     "ModelSpec",
     "build_model",
+    "load_model",
     "load_registry",
     "load_weights",
     "preprocess",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_ARCHITECTURE = "inception_v3"
+
+MODEL_KINDS: tuple[str, ...] = ("patch_classifier", "tumor_locnet", "mitosis_classifier")
+"""Registry kinds: torchvision patch classifiers (ER/PR/HER2 stage 1) and bcpath's own nets
+(:mod:`bcpath.models.nets`): the proliferation system's tumour LocNet and mitosis classifier."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,10 @@ class ModelSpec:
         licence: licence of the weights.
         training_command: the exact command that produced the weights.
         description: one line on what the model does ("" when not given).
+        kind: one of :data:`MODEL_KINDS` (default ``patch_classifier``).
+        arguments: constructor arguments of the architecture (bcpath's own nets), e.g.
+            ``{"width": 32}``; empty for torchvision classifiers.
+        card: model card file relative to the models folder (None when not given).
     """
 
     model_id: str
@@ -59,6 +67,9 @@ class ModelSpec:
     licence: str
     training_command: str
     description: str = ""
+    kind: str = "patch_classifier"
+    arguments: dict[str, Any] = field(default_factory=dict)
+    card: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -144,6 +155,9 @@ def load_registry(path: str | os.PathLike[str]) -> dict[str, ModelSpec]:
             licence=entry["licence"],
             training_command=entry["training_command"],
             description=entry.get("description", ""),
+            kind=entry.get("kind", "patch_classifier"),
+            arguments=dict(entry.get("arguments") or {}),
+            card=entry.get("card"),
         )
     return specs
 
@@ -208,6 +222,8 @@ def build_model(spec: ModelSpec, pretrained_path: str | os.PathLike[str] | None 
         BcpathError: unknown architecture, unreadable checkpoint, or a checkpoint sharing no
             tensor with the architecture.
     """
+    if spec.kind != "patch_classifier":
+        return _build_own_net(spec, pretrained_path)
     import torchvision
 
     available = torchvision.models.list_models(module=torchvision.models)
@@ -253,6 +269,60 @@ def build_model(spec: ModelSpec, pretrained_path: str | os.PathLike[str] | None 
         if missing:
             logger.info("model %s: left at initialisation: %s", spec.model_id, ", ".join(missing))
     return model.eval()
+
+
+def _build_own_net(spec: ModelSpec, pretrained_path: str | os.PathLike[str] | None) -> torch.nn.Module:
+    """Build one of bcpath's own nets (:mod:`bcpath.models.nets`) for a non-torchvision kind."""
+    from bcpath.models.nets import NETS, build_net
+
+    known = NETS.get(spec.kind, {})
+    if spec.architecture not in known:
+        raise BcpathError(
+            f"model {spec.model_id}: kind {spec.kind} has no architecture {spec.architecture!r}; "
+            f"use one of {sorted(known)}"
+        )
+    try:
+        model = build_net(spec.kind, spec.architecture, spec.arguments)
+    except TypeError as exc:
+        raise BcpathError(f"model {spec.model_id}: bad arguments {spec.arguments} for {spec.architecture} ({exc})") from exc
+    if pretrained_path is not None:
+        state = _load_state_dict(Path(pretrained_path), f"model {spec.model_id}: initial weights")
+        own = model.state_dict()
+        model.load_state_dict({k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False)
+    return model.eval()
+
+
+def load_model(
+    spec: ModelSpec,
+    models_dir: str | os.PathLike[str] | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    sha256: str | None = None,
+    device: str | None = None,
+) -> torch.nn.Module:
+    """Build any registry entry and load its checked weights: the one loader for every kind.
+
+    Args:
+        spec: the entry.
+        models_dir: folder the entry's ``weights`` path is relative to (registry weights).
+        weights, sha256: a weights file and its expected sha256 instead (weights a training
+            rule wrote; the sha256 comes from its train.json).
+        device: None = CUDA when available, else CPU.
+
+    Returns:
+        The model in eval mode on the device.
+    """
+    from bcpath.engine import choose_device
+
+    model = build_model(spec)
+    if weights is not None:
+        if sha256 is None:
+            raise BcpathError(f"model {spec.model_id}: weights {weights} given without their sha256")
+        load_weights_file(model, spec, weights, sha256)
+    else:
+        if models_dir is None:
+            raise BcpathError(f"model {spec.model_id}: load_model needs models_dir or weights + sha256")
+        load_weights(model, spec, models_dir)
+    return model.to(choose_device(device)).eval()
 
 
 def weights_file(spec: ModelSpec, models_dir: str | os.PathLike[str]) -> Path:
