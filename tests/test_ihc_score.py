@@ -144,6 +144,42 @@ def test_he_tile_is_flagged_no_dab_signal(require_shared):
     assert "no_dab_signal" in s["flags"] and "no_tissue" not in s["flags"]
 
 
+def test_he_images_are_not_ihc_and_get_no_h_score(require_shared, tmp_path, capsys):
+    from bcpath.images import read_uint8_image
+    from bcpath.wsi import open_slide
+
+    with open_slide(require_shared("wsi/CMU-1-Small-Region.svs")) as slide:
+        tiles = [slide.read_level(0, x, y, 512, 512) for x, y in ((800, 1200), (500, 1000), (1200, 2000))]
+    monuseg = sorted(require_shared("nuclei/monuseg_nonbreast/images").glob("*.tif"))[:6]
+    tiles += [read_uint8_image(p) for p in monuseg]
+    for tile in tiles:
+        s = score_core(tile, 0.5).summary
+        assert "not_ihc" in s["flags"], s["eosin_fraction"]
+        assert s["h_score_cells"] is None and s["h_score_nap"] is None and s["allred"] is None and s["percent_positive"] is None
+    # Real IHC (DeepLIIF Ki67 tiles: first 512 px panel of each strip; skimage's colon IHC) is scored.
+    ihc_tiles = [read_uint8_image(p)[:512, :512] for p in sorted(require_shared("ihc/deepliif_ki67/test").glob("*.png"))]
+    ihc_tiles += [read_uint8_image(p) for p in sorted(require_shared("ihc/deepliif_ki67/Sample_Large_Tissues").glob("*.png"))[:3]]
+    for tile in [*ihc_tiles, data.immunohistochemistry()]:
+        s = score_core(tile, 0.5).summary
+        assert "not_ihc" not in s["flags"] and s["eosin_fraction"] < 0.05 and 0 <= s["h_score_cells"] <= 300
+    # The command line prints the flag and exits non-zero; the JSON says null.
+    he = tmp_path / "he.png"
+    Image.fromarray(tiles[0]).save(he)
+    assert main(["ihc", "score", "--mpp", "0.5", str(he), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert f"image {he}: not an IHC image (flag not_ihc" in err
+    summary = json.loads((tmp_path / "out/he.json").read_text())
+    assert summary["h_score_cells"] is None and summary["allred"] is None and "not_ihc" in summary["flags"]
+
+
+def test_tiny_images_are_refused():
+    ihc = data.immunohistochemistry()
+    for size in (1, 8, 31):
+        with pytest.raises(BcpathError, match=f"core1: {size} × {size} px is too small to score"):
+            score_core(ihc[:size, :size], 0.5, name="core1")
+    assert score_core(ihc[:64, :64], 0.5).summary["tissue_fraction"] < 1.0
+
+
 def test_blank_core_and_bad_input():
     blank = np.full((128, 128, 3), 238, np.uint8)
     s = score_core(blank, 0.5).summary

@@ -22,6 +22,20 @@ MPP_RANGE = (0.05, 20.0)
 _UM_PER_UNIT = {2: 25_400.0, 3: 10_000.0, 4: 1_000.0, 5: 1.0}  # TIFF ResolutionUnit -> µm
 
 
+def is_grayscale(rgb: np.ndarray, tolerance: int = 2, fraction: float = 0.999) -> bool:
+    """True when R, G and B agree within ``tolerance`` on at least ``fraction`` of pixels.
+
+    Args:
+        rgb: (H, W) or (H, W, 3) uint8 image; a 2-D image is grayscale by definition.
+    """
+    x = np.asarray(rgb)
+    if x.ndim == 2 or (x.ndim == 3 and x.shape[2] == 1):
+        return True
+    x = x[..., :3].astype(np.int16)
+    spread = x.max(axis=-1) - x.min(axis=-1)
+    return bool(np.mean(spread <= tolerance) >= fraction)
+
+
 def read_array(path: Path) -> NDArray[np.generic]:
     """Pixels of a TIFF (tifffile) or any OpenCV-readable file, channels as RGB(A)."""
     if not path.is_file():

@@ -282,6 +282,32 @@ def qc_metrics(
     }
 
 
+#: Share of thumbnail pixels darker than ``_CONTENT_LEVEL`` above which a slide has content;
+#: below it a grayscale slide is blank glass (no_tissue), not a grayscale scan.
+_CONTENT_FRACTION = 0.001
+_CONTENT_LEVEL = 220
+
+
+def check_colour(thumbnail: np.ndarray, slide_id: str) -> None:
+    """Refuse a grayscale slide (R = G = B wherever there is something to see).
+
+    Tissue detection, pen-mark removal and every stain model read colour; a grayscale scan
+    would otherwise pass as "no tissue, pen marks" (dark gray looks like black ink).
+
+    Raises:
+        SlideError: the slide has content and no colour.
+    """
+    from bcpath.images import is_grayscale
+
+    has_content = float((np.asarray(thumbnail)[..., :3].min(axis=-1) < _CONTENT_LEVEL).mean()) >= _CONTENT_FRACTION
+    if has_content and is_grayscale(thumbnail):
+        raise SlideError(
+            slide_id,
+            "grayscale slide (no colour: R = G = B throughout): H&E/IHC needs RGB",
+            "give the colour scan of the slide (a grayscale or fluorescence export cannot be analysed), or drop it from the cohort",
+        )
+
+
 def extract_tissue(
     slide: Slide,
     out_dir: str | Path,
@@ -309,6 +335,7 @@ def extract_tissue(
     mask_mpp = max(params.mask_mpp, slide.mpp)
     thumbnail = slide.thumbnail(mask_mpp)
     shape = thumbnail.shape[:2]
+    check_colour(thumbnail, slide.slide_id)
     if user_mask:
         user_mask = Path(user_mask)
         if not user_mask.exists():

@@ -86,7 +86,7 @@ def score_one(path: Path, out: Path, mpp: float | None, stains: str, ramcnn: Any
         for row in result.cell_rows():
             writer.writerow({**row, "x": f"{row['x']:.2f}", "y": f"{row['y']:.2f}", "dab_od_mean": f"{row['dab_od_mean']:.4f}"})
     h_ramcnn = None
-    if ramcnn is not None:
+    if ramcnn is not None and "not_ihc" not in result.summary["flags"]:
         from bcpath.ihc.ramcnn import predict_h_score, resize_input, sini_siti
 
         sini, siti = sini_siti(rgb, result.nuclei > 0 if result.nuclei is not None else None, None, stains=stains, mpp=image_um)
@@ -95,10 +95,15 @@ def score_one(path: Path, out: Path, mpp: float | None, stains: str, ramcnn: Any
     summary = {"image": str(path), **result.summary, "h_score_ramcnn": h_ramcnn}
     (out / f"{path.stem}.json").write_text(json.dumps(_json_ready(summary), indent=2) + "\n")
     logger.info(
-        "%s: %d cells, H-Score %.1f (NAP %.1f), Allred %d%s",
+        "%s: %d cells, H-Score %s (NAP %s), Allred %s%s",
         path, summary["n_cells"], summary["h_score_cells"], summary["h_score_nap"], summary["allred"],
         f", flags {', '.join(summary['flags'])}" if summary["flags"] else "",
     )
+    if "not_ihc" in summary["flags"]:
+        raise BcpathError(
+            f"image {path}: not an IHC image (flag not_ihc: {summary['eosin_fraction']:.0%} of its tissue is eosin-stained, as in H&E); "
+            f"no H-Score given ({out / path.stem}.json has null scores); score DAB + hematoxylin IHC images"
+        )
     return summary
 
 

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bcpath.images import is_grayscale  # noqa: F401 (re-exported: the IHC API has always offered it)
+
 logger = logging.getLogger(__name__)
 
 I0 = 255.0
@@ -310,20 +312,6 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
     """
     x = np.asarray(rgb, dtype=np.float32)
     return (0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]).astype(np.float32)
-
-
-def is_grayscale(rgb: np.ndarray, tolerance: int = 2, fraction: float = 0.999) -> bool:
-    """True when R, G and B agree within ``tolerance`` on at least ``fraction`` of pixels.
-
-    Args:
-        rgb: (H, W) or (H, W, 3) uint8 image; a 2-D image is grayscale by definition.
-    """
-    x = np.asarray(rgb)
-    if x.ndim == 2 or (x.ndim == 3 and x.shape[2] == 1):
-        return True
-    x = x[..., :3].astype(np.int16)
-    spread = x.max(axis=-1) - x.min(axis=-1)
-    return bool(np.mean(spread <= tolerance) >= fraction)
 
 
 # --------------------------------------------------------------------------------------------

@@ -71,8 +71,22 @@ MIN_TISSUE_FRACTION = 0.02
 NO_DAB_P99 = 0.4
 #: Fewer scored cells than this flags ``few_cells`` (the H-Score is then unreliable).
 MIN_CELLS = 50
-#: QC flags :func:`score_core` can raise.
-FLAGS = ("no_tissue", "no_dab_signal", "few_cells")
+#: Tissue pixels (summed OD above ``EOSIN_MIN_OD``) whose green OD exceeds their red + blue OD
+#: are eosin-dominated: hematoxylin (0.65, 0.70, 0.29) and DAB (0.27, 0.57, 0.78) and any mix of
+#: them stay below 0.75 of red + blue, eosin (0.07, 0.99, 0.11) is at 5.5. Measured share of such
+#: pixels: DeepLIIF Ki67 IHC 0.000-0.028, skimage IHC 0.000; H&E: MoNuSeg 0.007-0.62, CPM-15
+#: 0.26-0.95, CoNSeP 0.31-0.44, CMU-1 tiles 0.11-0.52.
+EOSIN_MIN_OD = 0.3
+#: An image with at least this share of eosin-dominated tissue is H&E (``not_ihc``) ...
+NOT_IHC_EOSIN = 0.10
+#: ... and so is one with no DAB signal and at least this share (a hematoxylin-heavy H&E tile).
+NOT_IHC_EOSIN_NO_DAB = 0.005
+#: Images smaller than this (either side, px) are refused: no cell fits, and the white level
+#: estimated from a handful of pixels makes everything "tissue".
+MIN_IMAGE_PX = 32
+#: QC flags :func:`score_core` can raise. ``not_ihc``: an H&E (eosin) image, not DAB +
+#: hematoxylin; its H-Scores, % positive and Allred are None.
+FLAGS = ("no_tissue", "no_dab_signal", "few_cells", "not_ihc")
 STAIN_CHOICES = ("liu2019", "qupath")
 
 
@@ -143,6 +157,15 @@ def nap_h_score(dab_od: np.ndarray, tissue: np.ndarray, thresholds: tuple[float,
         "pct_moderate": float(pct[2]),
         "pct_strong": float(pct[3]),
     }
+
+
+def eosin_fraction(od: np.ndarray) -> float:
+    """Share of tissue pixels (summed OD > ``EOSIN_MIN_OD``) dominated by eosin (OD_G > OD_R + OD_B)."""
+    stained = od.sum(axis=-1) > EOSIN_MIN_OD
+    if not stained.any():
+        return 0.0
+    eosin = od[..., 1] > od[..., 0] + od[..., 2]
+    return float((eosin & stained).sum() / stained.sum())
 
 
 def dab_signal(od: np.ndarray, dab_od: np.ndarray, tissue: np.ndarray, percentile: float = 99.0) -> float:
@@ -251,6 +274,11 @@ def score_core(
         raise BcpathError(f"{name}: shape {arr.shape} is not (H, W, 3) RGB; give an RGB image")
     if arr.dtype != np.uint8:
         raise BcpathError(f"{name}: pixel type {arr.dtype}; give 8-bit RGB")
+    if min(arr.shape[:2]) < MIN_IMAGE_PX:
+        raise BcpathError(
+            f"{name}: {arr.shape[1]} × {arr.shape[0]} px is too small to score; give an image of at least "
+            f"{MIN_IMAGE_PX} × {MIN_IMAGE_PX} px (a 600 µm core at 0.5 µm/px is 1200 px across)"
+        )
     if not (math.isfinite(mpp) and mpp > 0):
         raise BcpathError(f"{name}: µm/px {mpp} must be a positive number; give e.g. 0.5 for 20x")
     if stains not in STAIN_CHOICES:
@@ -290,6 +318,10 @@ def score_core(
         flags.append("no_dab_signal")
     if classes.size < min_cells:
         flags.append("few_cells")
+    eosin = eosin_fraction(od)
+    not_ihc = eosin >= NOT_IHC_EOSIN or (dab_p99 < NO_DAB_P99 and eosin >= NOT_IHC_EOSIN_NO_DAB)
+    if not_ihc:
+        flags.append("not_ihc")
     summary: dict[str, Any] = {
         "h_score_cells": h_score(classes),
         "h_score_nap": nap["h_score"],
@@ -310,7 +342,10 @@ def score_core(
         "nap_pct_strong": nap["pct_strong"],
         "mpp": float(mpp),
         "stains": sv.name,
+        "eosin_fraction": eosin,
     }
+    if not_ihc:  # an H&E image has no DAB to score: no H-Score rather than a made-up one
+        summary.update({key: None for key in ("h_score_cells", "h_score_nap", "percent_positive", "allred", "allred_proportion", "allred_intensity")})
     logger.debug("%s: %d cells, H %.1f (NAP %.1f), flags %s", name, classes.size, summary["h_score_cells"], nap["h_score"], flags)
     return CoreScore(
         x=det.x[keep],
