@@ -22,11 +22,6 @@ for _biomarker, _model_id in ERPR_MODELS.items():
             f"erpr.models.{_biomarker}: model {_model_id} is not in the model registry {REGISTRY_PATH} "
             f"(entries: {', '.join(REGISTRY)}); add an entry there or name an existing one"
         )
-    if abs(REGISTRY[_model_id].mpp - float(config["tiling"]["mpp"])) > 1e-3 * REGISTRY[_model_id].mpp:
-        raise WorkflowError(
-            f"erpr.models.{_biomarker}: model {_model_id} reads {REGISTRY[_model_id].mpp} µm/px but "
-            f"tiling.mpp is {config['tiling']['mpp']}; set tiling.mpp to the model's resolution"
-        )
 MODEL_BIOMARKER = {m: b for b, m in ERPR_MODELS.items()}
 
 
@@ -69,6 +64,14 @@ for _biomarker, _model_id in ERPR_MODELS.items():
         logger.info(
             f"bcpath: {_biomarker} skipped: model {_model_id} has no weights and the sheet has no "
             "annotated train/tune slides to train it (erpr.enabled: auto)"
+        )
+# Only models that run read tiles.zarr: with erpr.enabled false (or a skipped model) tiling.mpp is free.
+for _biomarker, _model_id in ERPR_ACTIVE.items():
+    if abs(REGISTRY[_model_id].mpp - float(config["tiling"]["mpp"])) > 1e-3 * REGISTRY[_model_id].mpp:
+        raise WorkflowError(
+            f"erpr.models.{_biomarker}: model {_model_id} reads {REGISTRY[_model_id].mpp} µm/px but "
+            f"tiling.mpp is {config['tiling']['mpp']}; set tiling.mpp to the model's resolution, "
+            "or erpr.enabled: false to tile at another resolution without ER/PR/HER2"
         )
 STAGE2_BIOMARKERS = [b for b in ERPR_ACTIVE if _sheet_has(b, ["positive", "negative"])]
 

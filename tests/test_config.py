@@ -50,3 +50,10 @@ def test_untyped_enum_keeps_its_string_members() -> None:
     assert config["erpr"]["enabled"] == "1"  # not a member: validation reports it
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(config, load_schema("config"))
+
+
+def test_null_on_the_command_line_is_null_for_string_or_null_keys() -> None:
+    config = {"cohort": "null", "samples": "~", "erpr": {"registry": "null", "models": {"PR": "null", "ER": "er_demo"}}, "ihc": {"nuclei_model": "NULL"}}
+    coerce_command_line_values(config, load_schema("config"))
+    assert config == {"cohort": None, "samples": None, "erpr": {"registry": None, "models": {"PR": None, "ER": "er_demo"}}, "ihc": {"nuclei_model": None}}
+    jsonschema.validate(config, load_schema("config"))

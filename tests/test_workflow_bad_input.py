@@ -131,7 +131,6 @@ def test_cohort_level_errors_stop_before_running(tmp_path, sheet_text, config_ke
     "config, message",
     [
         ("erpr={models: {ER: er_prod}}", "erpr.models.ER: model er_prod is not in the model registry"),
-        ("tiling={mpp: 1.0}", "model er_demo reads 2.0 µm/px but tiling.mpp is 1.0"),
         ("erpr={enabled: true}", "model er_demo (ER) has no weights"),
     ],
 )
@@ -145,6 +144,21 @@ def test_erpr_configuration_errors_stop_before_running(tmp_path, config, message
     result = run_snakemake(work, "-n", "--config", f"samples={sheet}", config)
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
+    assert not (work / "results").exists()
+
+
+def test_tiling_mpp_must_match_only_models_that_run(tmp_path):
+    # Demo cohort: er_demo trains (2 µm/px), so another tiling.mpp stops before anything runs ...
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_snakemake(work, "-n", "--config", "tiling={mpp: 0.5}", "demo={n_slides: 8, tma: false}")
+    assert result.returncode != 0
+    assert "model er_demo reads 2.0 µm/px but tiling.mpp is 0.5" in result.stderr + result.stdout
+    assert "erpr.enabled: false" in result.stderr + result.stdout
+    # ... and with ER/PR/HER2 off (null given on the command line, too) any tiling.mpp is fine.
+    result = run_snakemake(work, "-n", "--config", "tiling={mpp: 0.5}", "erpr={enabled: false, registry: null}", "demo={n_slides: 8, tma: false}", "samples=null")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tile_slide" in result.stdout and "train_patch_classifier" not in result.stdout
     assert not (work / "results").exists()
 
 

@@ -228,11 +228,14 @@ def write_partial_table(table: Any, out_csv: str | os.PathLike[str], inputs: Ite
         os.utime(out_csv, (stamp, stamp))
 
 
+_YAML_NULLS = frozenset({"null", "Null", "NULL", "~"})
+
+
 def coerce_command_line_values(config: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
     """Turn nested ``--config`` strings back into the numbers/booleans the schema asks for.
 
-    Snakemake parses ``--config demo='{n_slides: 24}'`` with YAML's BaseLoader, so nested
-    values arrive as strings ("24"); top-level values are already typed. Only values whose
+    Snakemake parses ``--config demo='{n_slides: 24}'`` with YAML's BaseLoader, so values
+    arrive as strings ("24", and "null" for null at any level). Only values whose
     schema type is number, integer or boolean (and not string) are converted, and only when
     YAML reads them as that type, plus members of untyped enums (``enabled: [auto, true,
     false]``); everything else is left for validation to report.
@@ -258,6 +261,9 @@ def coerce_command_line_values(config: dict[str, Any], schema: dict[str, Any]) -
                 continue
             if any(type(parsed) is type(member) and parsed == member for member in prop["enum"]):
                 config[key] = parsed
+            continue
+        if isinstance(value, str) and value.strip() in _YAML_NULLS and "null" in types:
+            config[key] = None  # `--config samples=null` arrives as the string "null"
             continue
         if not isinstance(value, str) or "string" in types:
             continue
