@@ -81,3 +81,46 @@ def test_partial_qc_table_lists_succeeded_and_failed_slides(tmp_path):
     write_partial_table(table, out, [patterns["qc"].format(slide="good")])
     assert out.stat().st_mtime < (tmp_path / "good/tissue/qc.json").stat().st_mtime
     assert pd.read_csv(out)["n_tiles"].tolist()[1] == 3
+
+
+def _running(pid: int) -> bool:
+    """True while pid is a live process (a killed child left unreaped by PID 1 is a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def test_worker_processes_die_with_a_killed_job(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import subprocess, time\n"
+        "from bcpath.workflow import guard_job_processes\n"
+        "assert guard_job_processes()\n"
+        "worker = subprocess.Popen(['sleep', '120'])\n"
+        "print(worker.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    job = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(job.stdout.readline())
+    assert _running(worker)
+    job.send_signal(signal.SIGKILL)  # as the out-of-memory killer does
+    job.wait()
+    deadline = time.time() + 5
+    while _running(worker) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _running(worker)
+
+
+def test_a_job_that_finishes_leaves_its_exit_status(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "job.py"
+    script.write_text("import sys\nfrom bcpath.workflow import guard_job_processes\nguard_job_processes()\nsys.exit(3)\n")
+    assert subprocess.run([sys.executable, str(script)], timeout=60).returncode == 3

@@ -14,6 +14,7 @@ removes the stale record.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import importlib
@@ -81,6 +82,59 @@ def write_failure_record(record_path: str | os.PathLike[str], slide_id: str, rul
     )
 
 
+def guard_job_processes() -> bool:
+    """Make every process this job starts die with it (Linux; call first thing in a job).
+
+    A job killed by SIGKILL (the out-of-memory killer, ``kill -9``) cannot stop its worker
+    processes itself, and they would go on writing outputs after Snakemake has cleaned up. So
+    the job becomes the leader of its own process group, and a small guard process, forked
+    before that and left in the caller's group, waits on a pipe: when the job ends without
+    saying so (killed), the guard kills the job's whole group. The guard forwards SIGINT,
+    SIGTERM and SIGHUP to the group, so Ctrl-C still reaches the job. The job also gets
+    SIGTERM when its parent (Snakemake) dies. Returns False where this is not possible.
+    """
+    import atexit
+    import signal
+
+    if not sys.platform.startswith("linux") or os.environ.get("BCPATH_JOB_GUARD", "1") == "0":
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        parent = os.getppid()
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG: die with Snakemake
+        if os.getppid() != parent:  # the parent died before the line above
+            os._exit(1)
+    except (OSError, AttributeError):
+        pass
+    job = os.getpid()
+    read_end, write_end = os.pipe()
+    guard = os.fork()
+    if guard == 0:  # the guard: only system calls, never returns
+        try:
+            os.close(write_end)
+
+            def forward(signum: int, _frame: Any) -> None:
+                with contextlib.suppress(OSError):
+                    os.killpg(job, signum)
+
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(signum, forward)
+            if os.read(read_end, 1) != b"d":  # end of file without "done": the job was killed
+                with contextlib.suppress(OSError):
+                    os.killpg(job, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.close(read_end)
+    try:
+        os.setpgid(0, 0)
+    except OSError:  # e.g. already a session leader: the guard just waits and exits
+        pass
+    atexit.register(lambda: os.write(write_end, b"d"))
+    return True
+
+
 def run_rule(snakemake: Any, step: str | Callable[..., Any]) -> None:
     """Run one library step for a Snakemake job, recording failures.
 
@@ -88,6 +142,7 @@ def run_rule(snakemake: Any, step: str | Callable[..., Any]) -> None:
     with Snakemake's named-list objects. A ``params.failure_record`` path enables the
     failure record.
     """
+    guard_job_processes()
     log_path = snakemake.log[0] if len(snakemake.log) else None
     configure_logging(log_path)
     logger = logging.getLogger("bcpath.rule")
