@@ -109,16 +109,10 @@ def test_nearly_empty_slide_is_flagged_not_crashed(require_shared, tmp_path):
 
 @pytest.mark.parametrize("layout", ["single_channel", "rgb_equal"])
 def test_grayscale_slide_is_refused_with_one_clear_message(require_shared, tmp_path, layout):
-    import tifffile
-
     from bcpath.errors import SlideError
+    from tests.workflow_helpers import write_grayscale_slide
 
-    with open_slide(require_shared("wsi/CMU-1-Small-Region.svs")) as slide:
-        gray = cv2.cvtColor(slide.read_level(0, 0, 0, *slide.dimensions), cv2.COLOR_RGB2GRAY)
-    pixels = gray if layout == "single_channel" else np.repeat(gray[..., None], 3, axis=-1)
-    path = tmp_path / "gray.tif"
-    tifffile.imwrite(path, pixels, tile=(256, 256), photometric="minisblack" if pixels.ndim == 2 else "rgb",
-                     resolution=(20000, 20000), resolutionunit="CENTIMETER", compression="jpeg")
+    path = write_grayscale_slide(require_shared("wsi/CMU-1-Small-Region.svs"), tmp_path / "gray.tif", layout == "single_channel")
     with open_slide(path) as slide, pytest.raises(SlideError, match=r"^slide gray: grayscale slide .*H&E/IHC needs RGB; give the colour scan"):
         extract_tissue(slide, tmp_path / "out")
     assert not (tmp_path / "out" / "qc.json").exists()
