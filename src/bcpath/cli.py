@@ -19,7 +19,11 @@ from bcpath import __version__
 from bcpath.errors import BcpathError
 
 # Sub-commands contributed by stage packages: each registers itself on the subparsers.
-_PLUGIN_REGISTRARS = ("bcpath.nuclei.cli:add_nuclei_subparser", "bcpath.ihc.cli:add_ihc_subparser")
+_PLUGIN_REGISTRARS = (
+    "bcpath.nuclei.cli:add_nuclei_subparser",
+    "bcpath.ihc.cli:add_ihc_subparser",
+    "bcpath.proliferation.cli:add_mitosis_subparser",
+)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

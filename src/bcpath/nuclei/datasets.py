@@ -39,6 +39,8 @@ __all__ = [
 MONUSEG_DEFAULT_MPP = 0.25
 # CPM-15 README_training.txt: image01-07 at 20x, image08-15 at 40x.
 CPM15_40X = frozenset(f"image{i:02d}" for i in range(8, 16))
+# Image files of a CPM-15-layout folder (CoNSeP's tiles are JPEG as distributed).
+CPM_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @dataclass(frozen=True)
@@ -163,12 +165,13 @@ def _stated_mpp(path: Path) -> dict[str, float]:
 
 
 def list_cpm15(root: str | Path) -> list[NucleiSample]:
-    """Samples under a CPM-15 folder (``images/*.png`` + ``inst_masks/*_inst.tif``), by name;
+    """Samples under a CPM-15 folder (``images/*.png|jpg`` + ``inst_masks/*_inst.tif``), by name;
     µm/px from ``mpp.json`` when the folder has one (see the module docstring)."""
     root = Path(root)
     stated = _stated_mpp(root / "mpp.json")
     samples = []
-    for image in sorted((root / "images").glob("*.png")):
+    images = sorted(p for p in (root / "images").iterdir() if p.suffix.lower() in CPM_IMAGE_SUFFIXES) if (root / "images").is_dir() else []
+    for image in images:
         mask = root / "inst_masks" / f"{image.stem}_inst.tif"
         if not mask.exists():
             raise FileNotFoundError(f"{image}: no instance mask {mask}")

@@ -68,7 +68,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bcpath.errors import BcpathError
 from bcpath.io import atomic_path, json_ready, write_json, write_text
-from bcpath.nuclei.datasets import NucleiSample, list_cpm15, list_monuseg
+from bcpath.nuclei.datasets import CPM_IMAGE_SUFFIXES, NucleiSample, list_cpm15, list_monuseg
 from bcpath.nuclei.normalise import StainNormaliser
 
 __all__ = [
@@ -138,7 +138,7 @@ def list_nuclei_folder(folder: str | Path) -> list[NucleiSample]:
     try:
         if (folder / "annotations").is_dir() and any(images.glob("*.tif")):
             return list_monuseg(folder)
-        if (folder / "inst_masks").is_dir() and any(images.glob("*.png")):
+        if (folder / "inst_masks").is_dir() and any(p.suffix.lower() in CPM_IMAGE_SUFFIXES for p in images.glob("*")):
             return list_cpm15(folder)
     except FileNotFoundError as exc:
         raise BcpathError(

@@ -248,7 +248,12 @@ def train_mitosis_classifier(
     val_set = _CropDataset(val, spec, augment=False, seed=config.seed)
     val_loader = DataLoader(val_set, batch_size=256, shuffle=False)  # type: ignore[arg-type]
     ce = torch.nn.CrossEntropyLoss()
-    bce = torch.nn.BCEWithLogitsLoss()
+    # Atypical figures are the minority (AMi-Br: 1 in 4.7): weight them by normal / atypical so
+    # that p ≥ 0.5 balances the two errors (the task is scored by balanced accuracy).
+    known_train = train.atypical[train.labels == 1]
+    n_atypical, n_normal = int((known_train == 1).sum()), int((known_train == 0).sum())
+    atypical_balance = n_normal / n_atypical if n_atypical and n_normal else 1.0
+    bce = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(atypical_balance, device=device))
 
     def loss_of(model_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], y: torch.Tensor, atyp: torch.Tensor) -> torch.Tensor:
         logits, atyp_logit, _ = model_out
