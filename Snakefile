@@ -3,7 +3,9 @@
 from snakemake.utils import min_version, validate
 
 from bcpath.cohort import load_schema
-from bcpath.workflow import coerce_command_line_values
+from bcpath.errors import BcpathError
+from bcpath.workflow import coerce_command_line_values, validate_config
+from snakemake.exceptions import WorkflowError
 
 min_version("9.0")
 
@@ -13,7 +15,12 @@ configfile: "config.yaml"
 
 # Nested --config values (e.g. demo='{n_slides: 24}') arrive as strings: type them first.
 coerce_command_line_values(config, load_schema("config"))
-validate(config, "schemas/config.schema.yaml")
+# One line per problem (key path, value, what is allowed, "did you mean ...?"), before any job.
+try:
+    validate_config(config, load_schema("config"))
+except BcpathError as error:
+    raise WorkflowError(str(error)) from None
+validate(config, "schemas/config.schema.yaml")  # fills in defaults
 
 
 include: "rules/common.smk"

@@ -57,3 +57,54 @@ def test_null_on_the_command_line_is_null_for_string_or_null_keys() -> None:
     coerce_command_line_values(config, load_schema("config"))
     assert config == {"cohort": None, "samples": None, "erpr": {"registry": None, "models": {"PR": None, "ER": "er_demo"}}, "ihc": {"nuclei_model": None}}
     jsonschema.validate(config, load_schema("config"))
+
+
+def _shipped() -> dict:
+    return yaml.safe_load((REPO_ROOT / "config.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    "section, key, value, expected",
+    [
+        ("tiling", "mppp", 1, "config: unknown key tiling.mppp (did you mean tiling.mpp?)"),
+        ("tissue", "min_saturaton", 5, "config: unknown key tissue.min_saturaton (did you mean tissue.min_saturation?)"),
+        ("demo", "n_slide", 4, "config: unknown key demo.n_slide (did you mean demo.n_slides?)"),
+        ("erpr", "trainig", {}, "config: unknown key erpr.trainig (did you mean erpr.training?)"),
+        ("tiling", "tile_px", 100_000_000, "config tiling.tile_px: 100000000 is not allowed; allowed: integer ≥ 16 and ≤ 8192"),
+        ("tiling", "compression", "losless", "config tiling.compression: 'losless' is not allowed; allowed: lossless, jpeg; did you mean lossless?"),
+        ("demo", "n_slides", 4, "config demo.n_slides: 4 is not allowed; allowed: integer ≥ 8 and ≤ 1000"),
+    ],
+)
+def test_each_config_problem_is_one_line_with_the_key_path_and_a_hint(section, key, value, expected) -> None:
+    from bcpath.workflow import config_problems
+
+    config = _shipped()
+    config[section][key] = value
+    problems = config_problems(config, load_schema("config"))
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
+    assert "\n" not in problems[0]
+
+
+def test_every_section_is_closed_and_top_level_typos_and_both_inputs_are_reported() -> None:
+    from bcpath.workflow import closed_schema, config_problems
+
+    schema = closed_schema(load_schema("config"))
+
+    def objects(node, path=""):
+        if isinstance(node, dict):
+            if "properties" in node:
+                yield path, node
+            for key, value in node.items():
+                yield from objects(value, f"{path}/{key}")
+
+    found = list(objects(schema))
+    assert len(found) > 15 and all(node["additionalProperties"] is False for _, node in found)
+    config = _shipped()
+    config["tilling"] = {"mpp": 1.0}
+    config["cohort"], config["samples"] = "/data/cohort", "/data/samples.tsv"
+    problems = config_problems(config, load_schema("config"))
+    assert problems == [
+        "config: unknown key tilling (did you mean tiling?)",
+        "config: cohort (/data/cohort) and samples (/data/samples.tsv) are both set; give one: cohort=DIR (every slide in a folder) or samples=FILE.tsv (a sample sheet)",
+    ]
+    assert config_problems(_shipped(), load_schema("config")) == []

@@ -204,3 +204,19 @@ def test_killed_demo_job_leaves_no_workers_and_no_half_built_cohort(tmp_path):
     failures = pd.read_csv(tmp_path / "results/cohort/failures.csv")
     assert list(failures.rule) == ["make_demo_cohort"] and "was killed" in failures.at[0, "error"]
     assert "bcpath: 1 step(s) failed" in output
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("tiling={mppp: 1}", "config: unknown key tiling.mppp (did you mean tiling.mpp?)"),
+        ("tilling={mpp: 1}", "config: unknown key tilling (did you mean tiling?)"),
+        ("tiling={tile_px: 100000000}", "config tiling.tile_px: 100000000 is not allowed; allowed: integer ≥ 16 and ≤ 8192"),
+    ],
+)
+def test_config_typo_stops_before_any_job_with_one_line(tmp_path, config, message):
+    result = run_snakemake(tmp_path, "--cores", "2", "--config", "demo={n_slides: 8, tma: false}", config)
+    assert result.returncode != 0
+    console = result.stdout + result.stderr
+    assert console.count(message) == 1 and "TypeError" not in console
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()

@@ -286,6 +286,77 @@ def write_partial_table(table: Any, out_csv: str | os.PathLike[str], inputs: Ite
 _YAML_NULLS = frozenset({"null", "Null", "NULL", "~"})
 
 
+def closed_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``schema`` in which every object with ``properties`` and no
+    ``additionalProperties`` of its own is closed (``additionalProperties: false``), so a typo'd
+    key anywhere in the config is an error, in sections added later too."""
+    if isinstance(schema, dict):
+        copy = {key: closed_schema(value) for key, value in schema.items()}
+        if "properties" in copy and "additionalProperties" not in copy:
+            copy["additionalProperties"] = False
+        return copy
+    if isinstance(schema, list):
+        return [closed_schema(item) for item in schema]  # type: ignore[return-value]
+    return schema
+
+
+def _allowed(schema: dict[str, Any]) -> str:
+    """What a schema node accepts, in words: "allowed: integer ≥ 16 and ≤ 8192"."""
+    if "enum" in schema:
+        return "allowed: " + ", ".join("null" if v is None else str(v).lower() if isinstance(v, bool) else str(v) for v in schema["enum"])
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else list(types)
+    words = {"object": "a mapping such as {key: value}", "array": "a list such as [a, b]"}
+    parts = [" or ".join(words.get(t, t) for t in types)] if types else []
+    for key, sign in (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<")):
+        if key in schema:
+            parts.append(f"{sign} {schema[key]}")
+    text = "allowed: " + " ".join(parts[:1]) + (" " + " and ".join(parts[1:]) if len(parts) > 1 else "")
+    return text + (f" ({schema['description']})" if schema.get("description") else "")
+
+
+def config_problems(config: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    """One line per problem in ``config``: the key path, the bad value, what is allowed and, for
+    an unknown key, the closest known one ("did you mean tiling.mpp?"). Every object of the
+    schema is closed (:func:`closed_schema`). Empty when the config is valid."""
+    import difflib
+
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(closed_schema(schema))
+    problems = []
+    for error in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
+        where = ".".join(str(p) for p in error.absolute_path)
+        prefix = f"{where}." if where else ""
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            known = list(error.schema.get("properties", {}))
+            for key in sorted(set(error.instance) - set(known)):
+                close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+                hint = f"did you mean {prefix}{close[0]}?" if close else f"known keys{f' under {where}' if where else ''}: {', '.join(known)}"
+                problems.append(f"config: unknown key {prefix}{key} ({hint})")
+            continue
+        hint = ""
+        if error.validator == "enum" and isinstance(error.instance, str):
+            close = difflib.get_close_matches(error.instance, [str(v) for v in error.schema["enum"]], n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+        problems.append(f"config {where or '(top level)'}: {error.instance!r} is not allowed; {_allowed(error.schema)}{hint}")
+    if config.get("cohort") and config.get("samples"):
+        problems.append(
+            f"config: cohort ({config['cohort']}) and samples ({config['samples']}) are both set; give one: "
+            "cohort=DIR (every slide in a folder) or samples=FILE.tsv (a sample sheet)"
+        )
+    return problems
+
+
+def validate_config(config: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Raise one :class:`~bcpath.errors.BcpathError` listing :func:`config_problems`, if any."""
+    from bcpath.errors import BcpathError
+
+    problems = config_problems(config, schema)
+    if problems:
+        raise BcpathError("\n".join(problems))
+
+
 def coerce_command_line_values(config: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
     """Turn nested ``--config`` strings back into the numbers/booleans the schema asks for.
 
