@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 
 import pandas as pd
+import pytest
 
 from bcpath.workflow import FinishedJob, clear_finished_jobs, collect_failures, record_failed_jobs, write_failure_record, write_partial_table
 
@@ -124,3 +126,17 @@ def test_a_job_that_finishes_leaves_its_exit_status(tmp_path):
     script = tmp_path / "job.py"
     script.write_text("import sys\nfrom bcpath.workflow import guard_job_processes\nguard_job_processes()\nsys.exit(3)\n")
     assert subprocess.run([sys.executable, str(script)], timeout=60).returncode == 3
+
+
+def test_sheet_mpp_that_disagrees_with_the_file_is_flagged_in_qc(require_shared, tmp_path):
+    from bcpath.pipeline import cohort_qc_table, inspect_slide
+
+    info = inspect_slide(require_shared("wsi/CMU-1-Small-Region.svs"), "cmu", tmp_path / "cmu/info.json", mpp=0.25)
+    assert info["mpp"] == pytest.approx(0.499) and info["mpp_source"] == "file" and info["mpp_sheet"] == 0.25
+    _slide_outputs(tmp_path, "agrees", 1)
+    (tmp_path / "cmu/tissue").mkdir()
+    shutil.copy(tmp_path / "agrees/tissue/qc.json", tmp_path / "cmu/tissue/qc.json")
+    shutil.copy(tmp_path / "agrees/grid.parquet", tmp_path / "cmu/grid.parquet")
+    table = cohort_qc_table(*([str(tmp_path / s / f) for s in ("cmu", "agrees")] for f in ("tissue/qc.json", "info.json", "grid.parquet")))
+    assert list(table["flags"]) == ["mpp_mismatch", ""]
+    assert table.at[0, "mpp_sheet"] == 0.25 and pd.isna(table.at[1, "mpp_sheet"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ def inspect_slide(path: str | os.PathLike[str], slide_id: str, out_json: str | o
         slide.read_level(coarsest, 0, 0, min(width, 256), min(height, 256))
         info = slide.info()
     info["stain"] = stain
+    info["mpp_sheet"] = mpp  # kept so qc.csv can show a sheet value that disagrees with the file
     info["sha256"] = file_sha256(path)
     write_json(out_json, info)
     logger.info("slide %s: %s, %d levels, %s µm/px (%s)", slide_id, info["reader"], info["level_count"], info["mpp"], info["mpp_source"])
@@ -94,12 +96,17 @@ def cohort_qc_table(qc_files: list[str], info_files: list[str], grid_files: list
         qc = json.loads(Path(qc_path).read_text())
         info = json.loads(Path(info_path).read_text())
         n_tiles = len(pd.read_parquet(grid_path, columns=["tile_id"]))
+        sheet_mpp = info.get("mpp_sheet")
+        flags = list(qc["flags"])
+        if sheet_mpp is not None and not math.isclose(float(sheet_mpp), float(info["mpp"]), rel_tol=0.05):
+            flags.append("mpp_mismatch")  # the sheet's µm/px disagrees with the file's, which was used
         rows.append(
             {
                 "slide_id": info["slide_id"],
                 "reader": info["reader"],
                 "mpp": info["mpp"],
                 "mpp_source": info["mpp_source"],
+                "mpp_sheet": sheet_mpp,
                 "width": info["dimensions"][0],
                 "height": info["dimensions"][1],
                 "tissue_area_mm2": qc["tissue_area_mm2"],
@@ -109,7 +116,7 @@ def cohort_qc_table(qc_files: list[str], info_files: list[str], grid_files: list
                 "pen_fraction": qc["pen_fraction"],
                 "background_brightness": qc["background_brightness"],
                 "n_tiles": n_tiles,
-                "flags": ";".join(qc["flags"]),
+                "flags": ";".join(flags),
                 "status": "ok",
                 "error": "",
             }
@@ -119,7 +126,7 @@ def cohort_qc_table(qc_files: list[str], info_files: list[str], grid_files: list
 
 #: Columns of results/cohort/qc.csv. ``status`` is ok, failed (``error`` says why) or not_run.
 QC_COLUMNS = (
-    "slide_id", "reader", "mpp", "mpp_source", "width", "height", "tissue_area_mm2", "tissue_fraction",
+    "slide_id", "reader", "mpp", "mpp_source", "mpp_sheet", "width", "height", "tissue_area_mm2", "tissue_fraction",
     "n_tissue_pieces", "blur_score", "pen_fraction", "background_brightness", "n_tiles", "flags", "status", "error",
 )
 
