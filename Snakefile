@@ -32,6 +32,7 @@ include: "rules/ihc_common.smk"
 include: "rules/ihc.smk"
 include: "rules/nuclei_common.smk"
 include: "rules/nuclei.smk"
+include: "rules/proliferation.smk"
 
 
 rule all:
@@ -40,6 +41,7 @@ rule all:
         erpr_targets(),
         ihc_targets(),
         nuclei_targets(),
+        proliferation_targets(),
     default_target: True
 
 

@@ -1,0 +1,435 @@
+"""Rule-facing steps of the proliferation system (rules/proliferation.smk).
+
+train_tumor_locnet → locate_tumor (tumor.zarr/png/geojson) → [train_mitosis_model] →
+detect_mitoses (mitoses.parquet/geojson, hotspot.geojson, features.json) →
+train_proliferation_models (bag of words, grade and score models, cohort feature table) →
+proliferation_table (predictions, evaluation, figures, results/cohort/proliferation.csv).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bcpath.errors import BcpathError
+
+logger = logging.getLogger(__name__)
+
+EMBEDDING_PREFIX = "emb_"
+
+
+def _spec(registry: str, model_id: str) -> Any:
+    from bcpath.models.registry import load_registry
+
+    specs = load_registry(registry)
+    if model_id not in specs:
+        raise BcpathError(f"model {model_id} is not in the registry {registry} (entries: {', '.join(specs)})")
+    return specs[model_id]
+
+
+def _load(registry: str, model_id: str, weights: str, train_json: str | None, device: str | None = None) -> tuple[Any, Any]:
+    """A registry model with its weights (registry sha256, or the training rule's train.json)."""
+    from bcpath.models.registry import load_model
+
+    spec = _spec(registry, model_id)
+    if train_json:
+        sha = json.loads(Path(train_json).read_text())["sha256"]
+        return load_model(spec, weights=weights, sha256=sha, device=device), spec
+    return load_model(spec, models_dir=Path(registry).parent, device=device), spec
+
+
+def _sheet(path: str) -> pd.DataFrame:
+    from bcpath.cohort import read_sample_sheet
+
+    return read_sample_sheet(path, check_files=False)
+
+
+# ---------------------------------------------------------------------------------- tumour
+
+
+def train_tumor_locnet_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
+    """Rule train_tumor_locnet: LocNet on the annotated train/tune slides' tiles."""
+    from bcpath.proliferation.locnet import LocNetTrainConfig, load_loc_slide, train_locnet
+
+    spec = _spec(params.registry, params.model_id)
+    sheet = _sheet(input.samples)
+    slides = []
+    for tiles in input.tiles:
+        slide_id = Path(tiles).parent.name
+        row = sheet.loc[slide_id]
+        if row.get("split") not in ("train", "tune") or not row.get("annotations"):
+            continue
+        slides.append(load_loc_slide(slide_id, row["split"], tiles, Path(tiles).parent / "grid.parquet", row["annotations"], params.tumor_classes))
+    fields = set(LocNetTrainConfig.__dataclass_fields__)
+    config = LocNetTrainConfig(**{k: v for k, v in dict(params.training).items() if k in fields}, threads=threads)
+    record = train_locnet(spec, slides, Path(output.weights).parent, config)
+    logger.info("LocNet: best from %s, sha256 %s", record["from_stage"], record["sha256"])
+
+
+def locate_tumor_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
+    """Rule locate_tumor: tumor.zarr (p(tumour) per cell), tumor.png on the thumbnail, tumor.geojson."""
+    import zarr
+
+    from bcpath.engine import torch_threads
+    from bcpath.erpr.heatmaps import heatmap_geojson_features, heatmap_overlay_png, write_heatmap_zarr, write_png
+    from bcpath.geojson import write_geojson
+    from bcpath.tiling import open_tiles
+    from bcpath.tissue import mask_mpp_from_qc
+
+    meta = dict(zarr.open_group(str(input.tiles), mode="r").attrs["bcpath"])
+    info = json.loads(Path(input.info).read_text())
+    level0_mpp = float(info["mpp"])
+    analysis_mpp = float(meta["mpp"])
+    origin = (float(meta["origin_x0"]), float(meta["origin_y0"]))
+    if params.source == "erpr":
+        from bcpath.erpr.heatmaps import heatmap_arrays
+        from bcpath.erpr.inference import read_predictions
+
+        predictions = read_predictions(input.predictions)
+        pmeta = predictions.attrs.get("bcpath", {})
+        patch_px = int(pmeta.get("patch_px", 128))
+        stride = int(pmeta.get("stride_px", patch_px))
+        array = open_tiles(input.tiles)
+        maps = heatmap_arrays(predictions, (int(array.shape[1]), int(array.shape[2])), stride, patch_px)
+        p_map = maps[0] + maps[1]
+        stride_px, model_id = stride, f"erpr:{Path(input.predictions).stem}"
+    else:
+        import pandas as pd
+
+        from bcpath.proliferation.locnet import predict_tumor_map
+
+        model, spec = _load(params.registry, params.model_id, input.weights, input.get("train_json"), params.get("device"))
+        array = open_tiles(input.tiles)
+        tile = int(meta["tile_px"])
+        grid = pd.read_parquet(input.grid, columns=["row", "col"])
+        tissue = np.zeros((int(array.shape[1]), int(array.shape[2])), bool)
+        for row, col in zip(grid["row"], grid["col"], strict=True):
+            tissue[row * tile : (row + 1) * tile, col * tile : (col + 1) * tile] = True
+        with torch_threads(threads, next(model.parameters()).device):
+            p_map = predict_tumor_map(model, spec, array, tissue)
+        stride_px, model_id = int(model.downsample), spec.model_id
+    write_heatmap_zarr(output.zarr, p_map[None].astype(np.float32), ["tumor"], stride_px, analysis_mpp, origin, level0_mpp, model_id=model_id)
+    thumbnail_mpp = mask_mpp_from_qc(json.loads(Path(input.qc).read_text()))
+    from PIL import Image
+
+    thumb = np.asarray(Image.open(input.thumbnail).convert("RGB"))
+    cell_mpp = stride_px * analysis_mpp
+    write_png(output.png, heatmap_overlay_png(thumb, thumbnail_mpp, p_map, cell_mpp, (origin[0] * level0_mpp, origin[1] * level0_mpp), alpha=0.6))
+    features = heatmap_geojson_features(p_map, float(params.threshold), "Tumor", cell_mpp / level0_mpp, origin, color=[200, 0, 0])
+    write_geojson(output.geojson, features)
+    tumor_cells = int((np.nan_to_num(p_map, nan=0) >= params.threshold).sum())
+    logger.info("tumour: %d cells (%.2f mm²) of %d tissue cells", tumor_cells, tumor_cells * (cell_mpp / 1000) ** 2, int(np.isfinite(p_map).sum()))
+
+
+# ---------------------------------------------------------------------------------- mitoses
+
+
+def slide_training_crops(
+    slide_path: str, slide_id: str, mitoses_csv: str, annotations: str | None, spec: Any, tumor_classes: list[str],
+    negatives_per_slide: int, seed: int, crop_px: int,
+) -> Any:
+    """Crops of one annotated slide at the model's µm/px: every annotated mitosis (label 1) and
+    up to ``negatives_per_slide`` other candidates (label 0) from the tumour annotations
+    (whole tissue when there are none), farther than 8 µm from any annotated figure.
+    Returns a CropSet plus the candidates' level-0 positions for hard-negative mining."""
+    from scipy.spatial import cKDTree
+
+    from bcpath.proliferation.candidates import find_candidates
+    from bcpath.proliferation.locnet import annotation_masks
+    from bcpath.proliferation.mitosis import CropSet, extract_crops
+    from bcpath.proliferation.slide import check_resolution
+    from bcpath.wsi.reader import open_slide
+
+    truth = pd.read_csv(mitoses_csv)
+    with open_slide(slide_path, slide_id) as slide:
+        check_resolution(slide_id, slide.mpp, spec)
+        scale = spec.mpp / slide.mpp
+        width0, height0 = slide.dimensions
+        shape = (math.ceil(height0 / scale), math.ceil(width0 / scale))
+        region = annotation_masks(annotations, shape, 1.0 / scale, (0.0, 0.0), tumor_classes)[0] if annotations else np.ones(shape, bool)
+        if not region.any():
+            region = np.ones(shape, bool)
+        rows, cols = np.nonzero(region)
+        top, left, bottom, right = rows.min(), cols.min(), rows.max() + 1, cols.max() + 1
+        rgb = slide.read_region(left * scale, top * scale, right - left, bottom - top, spec.mpp)
+    tx = truth["x"].to_numpy(float) / scale - left
+    ty = truth["y"].to_numpy(float) / scale - top
+    candidates = find_candidates(rgb, spec.mpp, mask=region[top:bottom, left:right])
+    cx, cy = candidates["x"].to_numpy(), candidates["y"].to_numpy()
+    far = np.ones(len(cx), bool)
+    if len(tx) and len(cx):
+        far = cKDTree(np.stack([tx, ty], 1)).query(np.stack([cx, cy], 1))[0] > 8.0 / spec.mpp
+    rng = np.random.default_rng(seed)
+    negatives = np.flatnonzero(far)
+    pick = rng.choice(negatives, size=min(len(negatives), negatives_per_slide), replace=False) if len(negatives) else negatives
+    images = np.concatenate([extract_crops(rgb, tx, ty, crop_px), extract_crops(rgb, cx[pick], cy[pick], crop_px)])
+    labels = np.concatenate([np.ones(len(tx), np.int64), np.zeros(len(pick), np.int64)])
+    crops = CropSet(images, labels, np.full(len(labels), -1, np.int64), np.full(len(labels), slide_id))
+    # All far candidates, for stage-2 hard negatives.
+    pool = extract_crops(rgb, cx[negatives], cy[negatives], crop_px)
+    return crops, pool
+
+
+def train_mitosis_model_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
+    """Rule train_mitosis_model: MitosNet on slides with annotated mitoses (sheet column ``mitoses``)."""
+    import shutil
+
+    from bcpath.engine import choose_device
+    from bcpath.io import atomic_path, write_json
+    from bcpath.models.registry import build_model
+    from bcpath.proliferation.mitosis import CropSet, config_from, predict_crops, train_mitosis_classifier
+    from bcpath.wsi.reader import file_sha256
+
+    spec = _spec(params.registry, params.model_id)
+    sheet = _sheet(input.samples)
+    training = dict(params.training)
+    crop_px = int(round(spec.patch_px * 1.5))
+    sets: dict[str, list[Any]] = {"train": [], "tune": []}
+    pools: list[Any] = []
+    for index, (slide_id, row) in enumerate(sheet.iterrows()):
+        if row.get("split") not in ("train", "tune") or not row.get("mitoses") or (row.get("stain") or "HE") != "HE":
+            continue
+        crops, pool = slide_training_crops(
+            row["path"], str(slide_id), row["mitoses"], row.get("annotations"), spec, list(params.tumor_classes),
+            int(training.get("negatives_per_slide", 400)), int(training.get("seed", 0)) * 1000 + index, crop_px,
+        )
+        sets[row["split"]].append(crops)
+        if row["split"] == "train":
+            pools.append(pool)
+    if not sets["train"] or not sets["tune"]:
+        raise BcpathError(
+            "train_mitosis_model: needs train and tune slides with a `mitoses` CSV (x, y level-0 px of annotated "
+            "mitotic figures) in the sample sheet; or name a trained model in proliferation.mitosis_model"
+        )
+    train, tune = CropSet.concat(sets["train"]), CropSet.concat(sets["tune"])
+    logger.info("mitosis training crops: train %d (%d mitoses), tune %d (%d mitoses)", len(train), int(train.labels.sum()), len(tune), int(tune.labels.sum()))
+    config = config_from({**training, "threads": threads})
+    out = Path(output.weights).parent
+    record: dict[str, Any] = {"model_id": spec.model_id, "config": training, "n_train": len(train), "n_tune": len(tune)}
+    record["stage1"] = train_mitosis_classifier(spec, train, tune, out / "stage1", config, stage="stage 1")
+    final = out / "stage1" / "best.pt"
+    if config.hard_negative_epochs > 0 and pools:
+        model = build_model(spec, final).to(choose_device(config.device))
+        pool = np.concatenate(pools)
+        p, _ = predict_crops(model, pool, spec)
+        hard = pool[p >= 0.5]
+        record["hard_negatives"] = int(len(hard))
+        logger.info("stage 2: %d hard negatives (stage-1 false positives) of %d candidates", len(hard), len(pool))
+        if len(hard):
+            extra = CropSet(hard, np.zeros(len(hard), np.int64), np.full(len(hard), -1, np.int64), np.full(len(hard), "hard"))
+            stage2_config = config_from({**training, "threads": threads, "epochs": config.hard_negative_epochs})
+            record["stage2"] = train_mitosis_classifier(spec, CropSet.concat([train, extra]), tune, out / "stage2", stage2_config, init_from=final, stage="stage 2")
+            if record["stage2"]["best_value"] <= record["stage1"]["best_value"] * 1.1:
+                final = out / "stage2" / "best.pt"
+    with atomic_path(output.weights) as tmp:
+        shutil.copyfile(final, tmp)
+    record.update(weights="best.pt", from_stage=final.parent.name, sha256=file_sha256(output.weights))
+    write_json(output.train_json, record)
+
+
+def detect_mitoses_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
+    """Rule detect_mitoses: mitoses in the tumour → mitoses.parquet/geojson, hotspot.geojson, features.json."""
+    from bcpath.engine import torch_threads
+    from bcpath.erpr.heatmaps import read_heatmap_zarr
+    from bcpath.geojson import write_geojson
+    from bcpath.io import atomic_path, write_json
+    from bcpath.pipeline import open_from_info
+    from bcpath.proliferation.candidates import CandidateParams
+    from bcpath.proliferation.features import slide_features
+    from bcpath.proliferation.hotspot import TUPAC_CUTOFFS, elston_ellis_cutoffs, find_hotspot, hotspot_feature
+    from bcpath.proliferation.mitosis import DetectionParams
+    from bcpath.proliferation.slide import detect_slide, mitosis_features_geojson, tumor_mask_from_map
+
+    detection = dict(params.detection)
+    model, spec = _load(params.registry, params.model_id, input.weights, input.get("train_json"), detection.get("device"))
+    maps, meta = read_heatmap_zarr(input.tumor)
+    tumor_mpp = 8.0
+    with open_from_info(input.info, input.slide) as slide:
+        tumor = tumor_mask_from_map(maps[0], meta, float(params.tumor_threshold), tumor_mpp, slide.mpp, slide.dimensions)
+        det_params = DetectionParams(
+            threshold=float(detection["threshold"]), nms_um=float(detection["nms_um"]),
+            candidates=CandidateParams(min_od=float(detection["min_od"])),
+        )
+        with torch_threads(threads, next(model.parameters()).device):
+            table, embeddings = detect_slide(slide, tumor, tumor_mpp, model, spec, det_params)
+        level0_mpp = slide.mpp
+    field = params.hotspot.get("field_diameter_mm")
+    if field:
+        c1, c2, area = elston_ellis_cutoffs(float(field))
+        cutoffs: tuple[int, int] = (c1, c2)
+    else:
+        cutoffs, area = TUPAC_CUTOFFS, float(params.hotspot["area_mm2"])
+    hotspot = find_hotspot(table["x0"].to_numpy(), table["y0"].to_numpy(), tumor, tumor_mpp, level0_mpp, area, cutoffs=cutoffs)
+    feats, flags = slide_features(table, tumor, tumor_mpp, level0_mpp, hotspot.count if hotspot else 0, hotspot.score if hotspot else 1)
+    emb = pd.DataFrame(embeddings, columns=[f"{EMBEDDING_PREFIX}{i}" for i in range(embeddings.shape[1])])
+    out = pd.concat([table.reset_index(drop=True), emb], axis=1)
+    out.insert(0, "mitosis_id", np.arange(1, len(out) + 1))
+    with atomic_path(output.mitoses) as tmp:
+        out.to_parquet(tmp, index=False)
+    write_geojson(output.geojson, mitosis_features_geojson(table))
+    write_geojson(output.hotspot, [hotspot_feature(hotspot)] if hotspot else [])
+    write_json(
+        output.features,
+        {
+            "slide_id": Path(input.info).parent.name, "model_id": spec.model_id, "features": feats, "flags": flags,
+            "hotspot": hotspot.as_dict() if hotspot else None, "tumor_mpp": tumor_mpp,
+        },
+    )
+    logger.info("mitoses: %d, hotspot %s, flags %s", len(table), hotspot.as_dict() if hotspot else None, flags)
+
+
+# ---------------------------------------------------------------------------------- cohort
+
+
+def feature_table(features_json: list[str]) -> pd.DataFrame:
+    """One row per slide: slide_id, flags and every handcrafted feature."""
+    rows = []
+    for path in features_json:
+        data = json.loads(Path(path).read_text())
+        rows.append({"slide_id": data["slide_id"], "flags": ";".join(data["flags"]), **data["features"]})
+    return pd.DataFrame(rows).set_index("slide_id", drop=False)
+
+
+def _embeddings(mitoses: str) -> np.ndarray:
+    table = pd.read_parquet(mitoses)
+    columns = [c for c in table.columns if c.startswith(EMBEDDING_PREFIX)]
+    return table[columns].to_numpy(dtype=np.float64)
+
+
+def train_proliferation_models_step(input: Any, output: Any, params: Any, **_: Any) -> None:
+    """Rule train_proliferation_models: bag of words on train slides, grade + score models on
+    train + tune (CV), and the cohort feature table (features.parquet)."""
+    from bcpath.io import atomic_path, write_json
+    from bcpath.proliferation.features import BagOfWords
+    from bcpath.proliferation.slide_models import choose_feature_set, fit_grade_model, fit_score_model
+
+    sheet = _sheet(input.samples)
+    table = feature_table(list(input.features))
+    slide_ids = list(table.index)
+    mitoses = {Path(p).parent.parent.name: p for p in input.mitoses}
+    split = sheet["split"].reindex(slide_ids)
+    train_ids = [s for s in slide_ids if split.get(s) == "train"]
+    fit_ids = [s for s in slide_ids if split.get(s) in ("train", "tune")]
+    settings = dict(params.models)
+    train_emb = [_embeddings(mitoses[s]) for s in train_ids]
+    bow = BagOfWords.fit(np.concatenate(train_emb) if train_emb else np.zeros((0, 0)), int(settings["bow_k"]), int(settings["seed"]))
+    if bow.note:
+        logger.info("bag of words: %s", bow.note)
+    hist = np.stack([bow.histogram(_embeddings(mitoses[s])) for s in slide_ids]) if bow.k else np.zeros((len(slide_ids), 0))
+    words = [f"word_{i:03d}" for i in range(bow.k)]
+    table = pd.concat([table, pd.DataFrame(hist, index=table.index, columns=words)], axis=1)
+    handcrafted = [c for c in table.columns if c not in ("slide_id", "flags") and not c.startswith("word_")]
+    candidates = {"handcrafted": handcrafted, "handcrafted+bow": handcrafted + words} if words else {"handcrafted": handcrafted}
+    fit_table = table.loc[fit_ids]
+    result: dict[str, Any] = {"bow": bow.to_json(), "fit_slides": fit_ids, "bow_slides": train_ids}
+    grades = pd.to_numeric(sheet["grade"].reindex(fit_ids), errors="coerce")
+    known = grades.notna()
+    if known.sum() >= 2 and grades[known].nunique() >= 2:
+        _, result["grade"] = choose_feature_set(candidates, fit_table[known.values], grades[known].to_numpy(dtype=np.int64), fit_grade_model, "cv_log_loss", int(settings["seed"]))
+    else:
+        result["grade"] = None
+        logger.warning("grade model not trained: the train/tune slides need grades of at least two classes in the sheet column grade")
+    scores = pd.to_numeric(sheet["proliferation"].reindex(fit_ids), errors="coerce")
+    known = scores.notna()
+    if known.sum() >= 3:
+        _, result["score"] = choose_feature_set(candidates, fit_table[known.values], scores[known].to_numpy(dtype=np.float64), fit_score_model, "cv_mse", int(settings["seed"]))
+    else:
+        result["score"] = None
+        logger.warning("score model not trained: fewer than 3 train/tune slides with a proliferation value in the sheet")
+    for name in ("grade", "score", "bow"):
+        write_json(getattr(output, name), result[name] if name != "bow" else {**result["bow"], "slides": train_ids})
+    with atomic_path(output.table) as tmp:
+        table.reset_index(drop=True).to_parquet(tmp, index=False)
+
+
+def proliferation_table_step(input: Any, output: Any, params: Any, **_: Any) -> None:
+    """Rule proliferation_table: predictions for every slide, evaluation on the test slides,
+    ROC and scatter figures, results/cohort/proliferation.csv."""
+    from bcpath.io import atomic_path, write_json
+    from bcpath.proliferation.slide_models import GRADES, evaluate, predict_grade, predict_score
+
+    sheet = _sheet(input.samples)
+    table = pd.read_parquet(input.table).set_index("slide_id", drop=False)
+    grade_model = json.loads(Path(input.grade).read_text())
+    score_model = json.loads(Path(input.score).read_text())
+    out = pd.DataFrame({"slide_id": table.index, "split": sheet["split"].reindex(table.index).to_numpy()})
+    if grade_model:
+        proba = predict_grade(grade_model, table)
+        out["predicted_grade"] = np.asarray(GRADES)[proba.argmax(1)]
+        for i, g in enumerate(GRADES):
+            out[f"p_grade_{g}"] = proba[:, i]
+    if score_model:
+        out["predicted_score"] = predict_score(score_model, table)
+    out["hotspot_count"] = table["hotspot_count"].to_numpy()
+    out["mitotic_score"] = table["mitotic_score"].astype(int).to_numpy()
+    out["mitoses_per_mm2"] = table["mitoses_per_mm2"].to_numpy()
+    out["mitosis_count"] = table["mitosis_count"].astype(int).to_numpy()
+    out["atypical_fraction"] = table["atypical_fraction"].to_numpy()
+    out["tumor_area_mm2"] = table["tumor_area_mm2"].to_numpy()
+    out["flags"] = table["flags"].to_numpy()
+    out["grade"] = pd.to_numeric(sheet["grade"].reindex(table.index), errors="coerce").to_numpy()
+    out["proliferation"] = pd.to_numeric(sheet["proliferation"].reindex(table.index), errors="coerce").to_numpy()
+    test = out[out["split"] == "test"]
+    ev = dict(params.evaluation)
+    g_ok = test["grade"].notna() if grade_model else pd.Series(False, index=test.index)
+    s_ok = test["proliferation"].notna() if score_model else pd.Series(False, index=test.index)
+    evaluation = evaluate(
+        test.loc[g_ok, "grade"].to_numpy(dtype=np.int64) if g_ok.any() else None,
+        test.loc[g_ok, [f"p_grade_{g}" for g in GRADES]].to_numpy() if g_ok.any() else None,
+        test.loc[s_ok, "proliferation"].to_numpy(dtype=np.float64) if s_ok.any() else None,
+        test.loc[s_ok, "predicted_score"].to_numpy(dtype=np.float64) if s_ok.any() else None,
+        int(ev["n_bootstrap"]), int(ev["seed"]), float(ev["confidence"]),
+    )
+    evaluation["test_slides"] = test["slide_id"].tolist()
+    write_json(output.evaluation, evaluation)
+    with atomic_path(output.predictions) as tmp:
+        out.to_csv(tmp, index=False, float_format="%.6g")
+    with atomic_path(output.cohort) as tmp:
+        out.to_csv(tmp, index=False, float_format="%.6g")
+    _figures(test, grade_model, score_model, output.roc, output.scatter)
+    logger.info("proliferation evaluation: %s", json.dumps({k: v for k, v in evaluation.items() if k in ("grade", "score")}, default=str)[:600])
+
+
+def _figures(test: pd.DataFrame, grade_model: Any, score_model: Any, roc_path: str, scatter_path: str) -> None:
+    """One-vs-all ROC of the grade on the test slides, and predicted vs reference score."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bcpath.erpr.evaluation import roc_points
+    from bcpath.io import atomic_path
+    from bcpath.proliferation.slide_models import GRADES
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    if grade_model is not None and test["grade"].notna().any():
+        known = test[test["grade"].notna()]
+        for g in GRADES:
+            y = (known["grade"] == g).to_numpy()
+            if 0 < y.sum() < len(y):
+                fpr, tpr = roc_points(y, known[f"p_grade_{g}"].to_numpy())
+                ax.plot(fpr, tpr, label=f"grade {g} vs rest")
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="grade, test slides")
+    ax.legend(loc="lower right", fontsize=8)
+    with atomic_path(roc_path) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    if score_model is not None and test["proliferation"].notna().any():
+        ax.scatter(test["proliferation"], test["predicted_score"], c="C1")
+        for row in test.itertuples():
+            ax.annotate(str(row.slide_id), (row.proliferation, row.predicted_score), fontsize=7)
+        lo = float(np.nanmin([test["proliferation"].min(), test["predicted_score"].min()]))
+        hi = float(np.nanmax([test["proliferation"].max(), test["predicted_score"].max()]))
+        ax.plot([lo, hi], [lo, hi], ls=":", c="grey")
+    ax.set(xlabel="reference proliferation score", ylabel="predicted", title="proliferation score, test slides")
+    with atomic_path(scatter_path) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
