@@ -11,7 +11,7 @@ wildcard_constraints:
 rule train_patch_classifier:
     input:
         samples=lambda wildcards: samples_sheet(),
-        slides=lambda wildcards: [SAMPLES.at[s, "path"] for s in HE_SLIDES],
+        slides=lambda wildcards: [ancient(SAMPLES.at[s, "path"]) for s in HE_SLIDES],
     output:
         weights="results/models/{model}/best.pt",
         last="results/models/{model}/last.pt",

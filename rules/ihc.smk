@@ -19,6 +19,7 @@ rule dearray_tma:
         core_image=lambda wildcards: wildcards.slide in CORE_IMAGES,
         slide_id=lambda wildcards: wildcards.slide,
         mpp=sheet_value("mpp"),
+        fingerprint=lambda wildcards: slide_fingerprint(wildcards) if wildcards.slide in CORE_IMAGES else "",
         failure_record=failure_record("dearray_tma"),
     # a thumbnail and morphology on it
     threads: 1

@@ -73,7 +73,7 @@ def annotations_input(wildcards):
 
 def ihc_slide_inputs(wildcards):
     """The slide, and its info.json unless it is a single-core image (read directly)."""
-    inputs = {"slide": SAMPLES.at[wildcards.slide, "path"]}
+    inputs = {"slide": slide_path(wildcards)}
     if wildcards.slide not in CORE_IMAGES:
         inputs["info"] = f"results/slides/{wildcards.slide}/info.json"
     return inputs

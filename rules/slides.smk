@@ -13,6 +13,7 @@ rule inspect_slide:
         mpp=sheet_value("mpp"),
         stain=sheet_value("stain"),
         default_mpp=config.get("default_mpp"),
+        fingerprint=slide_fingerprint,
         failure_record=failure_record("inspect_slide"),
     # one file read for the sha256; I/O bound
     threads: 1

@@ -187,6 +187,18 @@ def test_sigkill_of_snakemake_then_unlock_and_rerun_gives_identical_outputs(good
     assert _digests(work) == reference
 
 
+def test_a_touched_slide_is_not_recomputed_but_a_changed_one_is(good_only):
+    root, args, _ = good_only
+    reference, slide = root / "reference", root / "slides/good.svs"
+    os.utime(slide)  # content unchanged, newer than every output (a copy that lost its times)
+    result = run_snakemake(reference, "-n", *args)
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr, result.stdout[-2000:]
+    with open(slide, "ab") as handle:  # a changed file (here: one byte longer)
+        handle.write(b"\0")
+    result = run_snakemake(reference, "-n", *args)
+    assert result.returncode == 0 and "inspect_slide" in result.stdout
+
+
 def test_killed_demo_job_leaves_no_workers_and_no_half_built_cohort(tmp_path):
     run = _start(tmp_path, "--cores", "2", "--config", "demo={n_slides: 8, tma: false}", *FOUNDATION, "--", "results/demo_cohort/samples.tsv")
     _process_running("bcpath.demo._worker")

@@ -80,6 +80,25 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def file_fingerprint(path: str | os.PathLike[str], block: int = 1 << 20) -> str:
+    """``size:sha256`` of a file's first and last ``block`` bytes: cheap on multi-GB slides, and
+    different after a re-export or a copy that did not finish, but not after a mere touch or a
+    copy that lost the modification times. Empty when the file does not exist (yet)."""
+    import hashlib
+
+    try:
+        size = os.path.getsize(path)
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            digest.update(handle.read(block))
+            if size > block:
+                handle.seek(max(block, size - block))
+                digest.update(handle.read(block))
+    except OSError:
+        return ""
+    return f"{size}:{digest.hexdigest()}"
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
