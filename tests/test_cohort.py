@@ -98,3 +98,15 @@ def test_sample_sheet_errors_name_the_row_and_fix(tmp_path, text, message):
 def test_unknown_stain_lists_allowed_values(tmp_path):
     with pytest.raises(SampleSheetError, match="allowed: HE, IHC"):
         read_sample_sheet(_sheet(tmp_path, "slide_id\tpath\tstain\nS1\tslides/S1.svs\tPAS\n"))
+
+
+def test_readme_slide_id_examples_hold():
+    import re
+
+    from tests.workflow_helpers import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    examples = re.findall(r"`([^`]+\.svs)` → `([^`]+)`", readme)
+    assert ("Schnitt ä 1.svs", "Schnitt_1") in examples and len(examples) >= 2
+    for name, expected in examples:
+        assert safe_slide_id(name) == expected
