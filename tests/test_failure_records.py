@@ -10,7 +10,14 @@ import time
 import pandas as pd
 import pytest
 
-from bcpath.workflow import FinishedJob, clear_finished_jobs, collect_failures, record_failed_jobs, write_failure_record, write_partial_table
+from bcpath.workflow import (
+    FinishedJob,
+    clear_finished_jobs,
+    collect_failures,
+    record_failed_jobs,
+    write_failure_record,
+    write_partial_table,
+)
 
 
 def test_a_killed_job_without_a_record_is_listed(tmp_path):

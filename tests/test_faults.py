@@ -17,7 +17,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.workflow_helpers import REPO_ROOT, SNAKEMAKE, files_under, run_snakemake, write_grayscale_slide
+from tests.workflow_helpers import (
+    REPO_ROOT,
+    SNAKEMAKE,
+    files_under,
+    run_snakemake,
+    write_grayscale_slide,
+)
 
 pytestmark = pytest.mark.slow
 

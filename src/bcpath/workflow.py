@@ -286,17 +286,17 @@ def write_partial_table(table: Any, out_csv: str | os.PathLike[str], inputs: Ite
 _YAML_NULLS = frozenset({"null", "Null", "NULL", "~"})
 
 
-def closed_schema(schema: dict[str, Any]) -> dict[str, Any]:
+def closed_schema(schema: Any) -> Any:
     """A copy of ``schema`` in which every object with ``properties`` and no
     ``additionalProperties`` of its own is closed (``additionalProperties: false``), so a typo'd
     key anywhere in the config is an error, in sections added later too."""
     if isinstance(schema, dict):
-        copy = {key: closed_schema(value) for key, value in schema.items()}
+        copy: dict[str, Any] = {key: closed_schema(value) for key, value in schema.items()}
         if "properties" in copy and "additionalProperties" not in copy:
             copy["additionalProperties"] = False
         return copy
     if isinstance(schema, list):
-        return [closed_schema(item) for item in schema]  # type: ignore[return-value]
+        return [closed_schema(item) for item in schema]
     return schema
 
 
