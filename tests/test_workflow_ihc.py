@@ -28,12 +28,17 @@ def test_single_core_images_are_scored_and_a_bad_one_is_named(tmp_path):
     assert "grayscale" in failures.at["core_gray", "error"] and "Traceback" not in failures.at["core_gray", "error"]
     assert (work / "results/slides/core_a/ihc/scores.parquet").is_file()
     assert not (work / "results/slides/core_a/info.json").exists()  # no slide foundation for a core image
+    # The same run still writes hscore.csv from the scored slide, the failed one listed.
+    partial = pd.read_csv(work / "results/cohort/hscore.csv", dtype={"flags": str}).set_index("slide_id")
+    assert list(partial.status) == ["ok", "failed"] and partial.at["core_gray", "error"] == failures.at["core_gray", "error"]
+    assert 0 <= partial.at["core_a", "h_score_cells"] <= 300 and pd.isna(partial.at["core_a", "h_score_ramcnn"])
 
     sheet.write_text("slide_id\tpath\tstain\tmpp\ncore_a\tcore_a.png\tIHC\t0.5\n")
     result = run_snakemake(work, "--cores", "2", "--config", f"samples={sheet}")
     assert result.returncode == 0, result.stderr[-4000:]
     table = pd.read_csv(work / "results/cohort/hscore.csv", dtype={"flags": str})
-    assert list(table.slide_id) == ["core_a"] and table.core_id.iloc[0] == "core"
+    assert list(table.slide_id) == ["core_a"] and table.core_id.iloc[0] == "core"  # remade by its rule
+    assert list(table.status) == ["ok"]
     expected = score_core(ihc, 0.5).summary
     row = table.iloc[0]
     assert row.n_cells == pytest.approx(expected["n_cells"], rel=0.02)
