@@ -13,7 +13,13 @@ from bcpath.proliferation.candidates import find_candidates, non_maximum_suppres
 from bcpath.proliferation.features import BagOfWords, slide_features
 from bcpath.proliferation.hotspot import elston_ellis_cutoffs, find_hotspot, mitotic_score
 from bcpath.proliferation.mitosis import f1_scores, match_detections
-from bcpath.proliferation.slide_models import evaluate, fit_grade_model, fit_score_model, predict_grade, predict_score
+from bcpath.proliferation.slide_models import (
+    evaluate,
+    fit_grade_model,
+    fit_score_model,
+    predict_grade,
+    predict_score,
+)
 
 
 def test_mitotic_score_uses_tupac_cutoffs():

@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -144,7 +144,7 @@ class FitResult:
         }
 
 
-def write_log(rows: list[Mapping[str, Any]], path: str | os.PathLike[str], columns: Iterable[str] | None = None) -> None:
+def write_log(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], columns: Iterable[str] | None = None) -> None:
     """Write epoch rows as CSV atomically (columns in first-seen order unless given)."""
     import pandas as pd
 

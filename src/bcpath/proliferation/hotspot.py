@@ -74,7 +74,7 @@ class Hotspot:
         }
 
 
-def _box_sum(grid: NDArray[np.floating], k: int) -> NDArray[np.float64]:
+def _box_sum(grid: NDArray[Any], k: int) -> NDArray[np.float64]:
     """Sum of every k×k window of ``grid`` (valid positions only), via an integral image."""
     integral = np.pad(np.cumsum(np.cumsum(grid.astype(np.float64), 0), 1), ((1, 0), (1, 0)))
     return integral[k:, k:] - integral[:-k, k:] - integral[k:, :-k] + integral[:-k, :-k]

@@ -114,7 +114,8 @@ def load_loc_slide(
     from bcpath.tiling import open_tiles
 
     array = open_tiles(tiles_zarr)
-    meta = dict(zarr.open_group(str(tiles_zarr), mode="r").attrs["bcpath"])
+    attrs: Any = zarr.open_group(str(tiles_zarr), mode="r").attrs["bcpath"]
+    meta = dict(attrs)
     height, width = int(array.shape[1]), int(array.shape[2])
     tile = int(meta["tile_px"])
     grid = pd.read_parquet(grid_parquet, columns=["row", "col"])
@@ -227,8 +228,8 @@ def _augment_batch(images: NDArray[np.uint8], targets: NDArray[np.float32], weig
     tgts, wts = np.rot90(targets, k, axes=(1, 2)), np.rot90(weights, k, axes=(1, 2))
     if flip:
         imgs, tgts, wts = imgs[..., ::-1], tgts[..., ::-1], wts[..., ::-1]
-    imgs = imgs.astype(np.float32) * rng.uniform(0.9, 1.1, (len(imgs), 3, 1, 1)) + rng.uniform(-12, 12, (len(imgs), 3, 1, 1))
-    return np.clip(imgs, 0, 255), np.ascontiguousarray(tgts), np.ascontiguousarray(wts)
+    jittered = imgs.astype(np.float32) * rng.uniform(0.9, 1.1, (len(imgs), 3, 1, 1)) + rng.uniform(-12, 12, (len(imgs), 3, 1, 1))
+    return np.clip(jittered, 0, 255), np.ascontiguousarray(tgts), np.ascontiguousarray(wts)
 
 
 def _normalise(images: Any, spec: ModelSpec, device: Any) -> torch.Tensor:

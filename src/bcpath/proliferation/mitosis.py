@@ -30,7 +30,12 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from bcpath.errors import BcpathError
-from bcpath.proliferation.candidates import CandidateParams, find_candidates, measure_objects, non_maximum_suppression
+from bcpath.proliferation.candidates import (
+    CandidateParams,
+    find_candidates,
+    measure_objects,
+    non_maximum_suppression,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -180,7 +185,7 @@ class MitosisTrainConfig:
         max_minutes: stop a stage after the epoch that passes this wall time.
     """
 
-    epochs: int = 12
+    epochs: int = 10
     patience: int = 3
     batch_size: int = 64
     lr: float = 1e-3
@@ -246,7 +251,7 @@ def train_mitosis_classifier(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     train_set = _CropDataset(train, spec, augment=True, seed=config.seed)
     val_set = _CropDataset(val, spec, augment=False, seed=config.seed)
-    val_loader = DataLoader(val_set, batch_size=256, shuffle=False)  # type: ignore[arg-type]
+    val_loader: Any = DataLoader(val_set, batch_size=256, shuffle=False)  # type: ignore[arg-type]
     ce = torch.nn.CrossEntropyLoss()
     # Atypical figures are the minority (AMi-Br: 1 in 4.7): weight them by normal / atypical so
     # that p ≥ 0.5 balances the two errors (the task is scored by balanced accuracy).
@@ -266,7 +271,7 @@ def train_mitosis_classifier(
     def train_epoch(epoch: int) -> dict[str, float]:
         train_set.epoch = epoch
         indices = _balanced_indices(train.labels, np.random.default_rng((config.seed, epoch)), config.positive_weight)
-        loader = DataLoader(train_set, batch_size=config.batch_size, sampler=indices.tolist(), drop_last=len(indices) % config.batch_size == 1)  # type: ignore[arg-type]
+        loader: Any = DataLoader(train_set, batch_size=config.batch_size, sampler=indices.tolist(), drop_last=len(indices) % config.batch_size == 1)  # type: ignore[arg-type]
         model.train()
         total, seen = 0.0, 0
         for x, y, atyp in loader:

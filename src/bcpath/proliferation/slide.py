@@ -48,7 +48,7 @@ def detect_slide(
     tumor_mpp: float,
     model: torch.nn.Module,
     spec: ModelSpec,
-    params: DetectionParams = DetectionParams(),
+    params: DetectionParams | None = None,
     tile_px: int = 1024,
     margin_px: int = 48,
 ) -> tuple[pd.DataFrame, NDArray[np.float32]]:
@@ -68,6 +68,7 @@ def detect_slide(
     import cv2
 
     check_resolution(slide.slide_id, slide.mpp, spec)
+    params = params or DetectionParams()
     params = DetectionParams(params.threshold, params.nms_um, params.candidates, embeddings=True)
     width0, height0 = slide.dimensions
     scale = spec.mpp / slide.mpp  # level-0 px per model px

@@ -77,12 +77,18 @@ def locate_tumor_step(input: Any, output: Any, params: Any, threads: int = 1, **
     import zarr
 
     from bcpath.engine import torch_threads
-    from bcpath.erpr.heatmaps import heatmap_geojson_features, heatmap_overlay_png, write_heatmap_zarr, write_png
+    from bcpath.erpr.heatmaps import (
+        heatmap_geojson_features,
+        heatmap_overlay_png,
+        write_heatmap_zarr,
+        write_png,
+    )
     from bcpath.geojson import write_geojson
     from bcpath.tiling import open_tiles
     from bcpath.tissue import mask_mpp_from_qc
 
-    meta = dict(zarr.open_group(str(input.tiles), mode="r").attrs["bcpath"])
+    attrs: Any = zarr.open_group(str(input.tiles), mode="r").attrs["bcpath"]
+    meta = dict(attrs)
     info = json.loads(Path(input.info).read_text())
     level0_mpp = float(info["mpp"])
     analysis_mpp = float(meta["mpp"])
@@ -183,7 +189,12 @@ def train_mitosis_model_step(input: Any, output: Any, params: Any, threads: int 
     from bcpath.engine import choose_device
     from bcpath.io import atomic_path, write_json
     from bcpath.models.registry import build_model
-    from bcpath.proliferation.mitosis import CropSet, config_from, predict_crops, train_mitosis_classifier
+    from bcpath.proliferation.mitosis import (
+        CropSet,
+        config_from,
+        predict_crops,
+        train_mitosis_classifier,
+    )
     from bcpath.wsi.reader import file_sha256
 
     spec = _spec(params.registry, params.model_id)
@@ -242,9 +253,18 @@ def detect_mitoses_step(input: Any, output: Any, params: Any, threads: int = 1, 
     from bcpath.pipeline import open_from_info
     from bcpath.proliferation.candidates import CandidateParams
     from bcpath.proliferation.features import slide_features
-    from bcpath.proliferation.hotspot import TUPAC_CUTOFFS, elston_ellis_cutoffs, find_hotspot, hotspot_feature
+    from bcpath.proliferation.hotspot import (
+        TUPAC_CUTOFFS,
+        elston_ellis_cutoffs,
+        find_hotspot,
+        hotspot_feature,
+    )
     from bcpath.proliferation.mitosis import DetectionParams
-    from bcpath.proliferation.slide import detect_slide, mitosis_features_geojson, tumor_mask_from_map
+    from bcpath.proliferation.slide import (
+        detect_slide,
+        mitosis_features_geojson,
+        tumor_mask_from_map,
+    )
 
     detection = dict(params.detection)
     model, spec = _load(params.registry, params.model_id, input.weights, input.get("train_json"), detection.get("device"))
@@ -307,7 +327,11 @@ def train_proliferation_models_step(input: Any, output: Any, params: Any, **_: A
     train + tune (CV), and the cohort feature table (features.parquet)."""
     from bcpath.io import atomic_path, write_json
     from bcpath.proliferation.features import BagOfWords
-    from bcpath.proliferation.slide_models import choose_feature_set, fit_grade_model, fit_score_model
+    from bcpath.proliferation.slide_models import (
+        choose_feature_set,
+        fit_grade_model,
+        fit_score_model,
+    )
 
     sheet = _sheet(input.samples)
     table = feature_table(list(input.features))
@@ -331,14 +355,14 @@ def train_proliferation_models_step(input: Any, output: Any, params: Any, **_: A
     grades = pd.to_numeric(sheet["grade"].reindex(fit_ids), errors="coerce")
     known = grades.notna()
     if known.sum() >= 2 and grades[known].nunique() >= 2:
-        _, result["grade"] = choose_feature_set(candidates, fit_table[known.values], grades[known].to_numpy(dtype=np.int64), fit_grade_model, "cv_log_loss", int(settings["seed"]))
+        result["grade"] = choose_feature_set(candidates, fit_table[known.values], grades[known].to_numpy(dtype=np.int64), fit_grade_model, "cv_log_loss", int(settings["seed"]))[1]
     else:
         result["grade"] = None
         logger.warning("grade model not trained: the train/tune slides need grades of at least two classes in the sheet column grade")
     scores = pd.to_numeric(sheet["proliferation"].reindex(fit_ids), errors="coerce")
     known = scores.notna()
     if known.sum() >= 3:
-        _, result["score"] = choose_feature_set(candidates, fit_table[known.values], scores[known].to_numpy(dtype=np.float64), fit_score_model, "cv_mse", int(settings["seed"]))
+        result["score"] = choose_feature_set(candidates, fit_table[known.values], scores[known].to_numpy(dtype=np.float64), fit_score_model, "cv_mse", int(settings["seed"]))[1]
     else:
         result["score"] = None
         logger.warning("score model not trained: fewer than 3 train/tune slides with a proliferation value in the sheet")
