@@ -120,6 +120,9 @@ class FitResult:
         epochs_run: epochs actually run.
         stopped_early: True when early stopping ended the run before ``epochs``.
         rows: the log rows, one dict per epoch.
+        stop_reason: why the run ended: ``"early_stopping"`` or ``"time_limit"`` when that
+            condition held after the last epoch run (also when it was the final epoch),
+            else ``"epochs"``.
     """
 
     best_epoch: int
@@ -131,6 +134,7 @@ class FitResult:
     epochs_run: int
     stopped_early: bool
     rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    stop_reason: str = "epochs"
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready fields (no rows) for a train.json."""
@@ -144,8 +148,21 @@ class FitResult:
         }
 
 
-def write_log(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], columns: Iterable[str] | None = None) -> None:
-    """Write epoch rows as CSV atomically (columns in first-seen order unless given)."""
+def write_log(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    columns: Iterable[str] | None = None,
+    formats: Mapping[str, str] | None = None,
+) -> None:
+    """Write epoch rows as CSV atomically.
+
+    Args:
+        rows: one mapping per epoch.
+        path: the CSV file.
+        columns: the columns in order (others are left out); None = first-seen order.
+        formats: printf formats per column (e.g. ``{"val_loss": "%.6f"}``); other float
+            columns are written with ``%.6g``.
+    """
     import pandas as pd
 
     from bcpath.io import atomic_path
@@ -155,8 +172,12 @@ def write_log(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], c
         for row in rows:
             seen.update(dict.fromkeys(row))
         columns = list(seen)
+    frame = pd.DataFrame(list(rows), columns=list(columns))
+    for column, fmt in (formats or {}).items():
+        if column in frame.columns:
+            frame[column] = [fmt % v for v in frame[column]]
     with atomic_path(path) as tmp:
-        pd.DataFrame(list(rows), columns=list(columns)).to_csv(tmp, index=False, float_format="%.6g")
+        frame.to_csv(tmp, index=False, float_format="%.6g")
 
 
 def fit(
@@ -171,6 +192,12 @@ def fit(
     name: str = "model",
     max_minutes: float | None = None,
     log_columns: Iterable[str] | None = None,
+    *,
+    log_formats: Mapping[str, str] | None = None,
+    patience_exceeded: bool = False,
+    started: float | None = None,
+    diverged_hint: str = "lower the learning rate or check the data",
+    save: Callable[[torch.nn.Module, Path], str] | None = None,
 ) -> FitResult:
     """Run up to ``epochs`` epochs with checkpoints, a log and early stopping.
 
@@ -181,12 +208,23 @@ def fit(
         validate: ``epoch -> metrics``; must include ``monitor``.
         out_dir: folder for last.pt, best.pt, log.csv (created).
         epochs: the most epochs to run (≥ 1).
-        patience: stop once this many epochs in a row did not improve ``monitor``.
+        patience: stop once this many epochs in a row did not improve ``monitor`` (at least
+            one; see ``patience_exceeded``).
         monitor: key of ``validate``'s metrics to select the best epoch by.
         mode: "min" (loss) or "max" (accuracy, AUC).
         name: used in log lines and messages.
         max_minutes: stop after the epoch that passes this wall time (None = no limit).
-        log_columns: column order of log.csv (default: first-seen order).
+        log_columns: column order of log.csv (default: first-seen order); columns not listed
+            (e.g. ``is_best``) are left out of the file but kept in ``FitResult.rows``.
+        log_formats: printf formats per log.csv column (:func:`write_log`).
+        patience_exceeded: stop only once the epochs without improvement exceed ``patience``
+            (``since_best > patience``: ``patience`` 3 runs 4 such epochs) instead of
+            reaching it (``since_best >= max(1, patience)``); the ER/PR/HER2 classifier's rule.
+        started: ``time.perf_counter()`` value ``max_minutes`` counts from (default: the
+            start of this call), e.g. to include data preparation.
+        diverged_hint: the advice in the error raised when no epoch was finite.
+        save: ``(model, path) -> sha256`` writing a checkpoint (default
+            :func:`bcpath.models.registry.save_weights`).
 
     Returns:
         :class:`FitResult`.
@@ -196,6 +234,7 @@ def fit(
     """
     from bcpath.models.registry import save_weights
 
+    save = save or save_weights
     if epochs < 1 or patience < 0 or mode not in ("min", "max"):
         raise BcpathError(f"{name}: epochs must be >= 1, patience >= 0, mode min|max (got {epochs}, {patience}, {mode!r})")
     out = Path(out_dir)
@@ -205,7 +244,8 @@ def fit(
     since_best = 0
     rows: list[dict[str, Any]] = []
     stopped_early = False
-    started_run = time.perf_counter()
+    started_run = time.perf_counter() if started is None else started
+    stop_reason = "epochs"
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch}
@@ -216,10 +256,10 @@ def fit(
         row.update(metrics)
         value = float(metrics[monitor])
         improved = math.isfinite(value) and sign * value < best_score
-        save_weights(model, out / "last.pt")
+        save(model, out / "last.pt")
         if improved:
             best_score, best_value, best_epoch = sign * value, value, epoch
-            best_sha = save_weights(model, out / "best.pt")
+            best_sha = save(model, out / "best.pt")
             since_best = 0
         else:
             since_best += 1
@@ -228,22 +268,28 @@ def fit(
         row["is_best"] = int(improved)
         row["seconds"] = round(time.perf_counter() - started, 2)
         rows.append(row)
-        write_log(rows, out / "log.csv", log_columns)
+        write_log(rows, out / "log.csv", log_columns, log_formats)
         logger.info(
             "%s epoch %d: %s%s",
             name, epoch, ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "epoch"),
             " (best)" if improved else "",
         )
-        if epoch < epochs and since_best >= max(1, patience):
+        out_of_patience = since_best > patience if patience_exceeded else since_best >= max(1, patience)
+        if out_of_patience:
+            stop_reason = "early_stopping"
+        elif max_minutes is not None and (time.perf_counter() - started_run) / 60.0 > max_minutes:
+            stop_reason = "time_limit"
+        else:
+            stop_reason = "epochs"
+        if stop_reason != "epochs" and epoch < epochs:
             stopped_early = True
-            logger.info("%s: early stop after epoch %d (best epoch %d)", name, epoch, best_epoch)
-            break
-        if max_minutes is not None and epoch < epochs and (time.perf_counter() - started_run) / 60.0 > max_minutes:
-            stopped_early = True
-            logger.info("%s: stopped after epoch %d (max_minutes %.1f reached; best epoch %d)", name, epoch, max_minutes, best_epoch)
+            if out_of_patience:
+                logger.info("%s: early stop after epoch %d (best epoch %d)", name, epoch, best_epoch)
+            else:
+                logger.info("%s: stopped after epoch %d (max_minutes %.1f reached; best epoch %d)", name, epoch, max_minutes, best_epoch)
             break
     if not best_sha:
-        raise BcpathError(f"{name}: no epoch gave a finite {monitor} (training diverged); lower the learning rate or check the data")
+        raise BcpathError(f"{name}: no epoch gave a finite {monitor} (training diverged); {diverged_hint}")
     return FitResult(
         best_epoch=best_epoch,
         best_value=best_value,
@@ -254,6 +300,7 @@ def fit(
         epochs_run=len(rows),
         stopped_early=stopped_early,
         rows=rows,
+        stop_reason=stop_reason,
     )
 
 

@@ -53,7 +53,6 @@ import dataclasses
 import logging
 import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,8 +85,9 @@ class TrainConfig:
         batch_size: patches per optimiser step.
         lr: AdamW learning rate (constant).
         weight_decay: AdamW decoupled weight decay.
-        patience: early stopping: stop after this many epochs in a row without a new lowest
-            tune loss (0 = stop at the first epoch that does not improve).
+        patience: early stopping: stop once more than this many epochs in a row brought no
+            new lowest tune loss (3: the 4th such epoch is the last; 0 = stop at the first
+            epoch that does not improve); ``bcpath.engine.fit(patience_exceeded=True)``.
         patches_per_class_per_slide: patches drawn per class per slide, train and tune.
         seed: seeds patch sampling, model initialisation, augmentation and batch order.
         num_workers: DataLoader worker processes; None = 0 on CPU (the cores go to the model)
@@ -232,15 +232,6 @@ def balanced_epoch_indices(labels: np.ndarray, rng: np.random.Generator) -> np.n
     return rng.permutation(indices).astype(np.int64)
 
 
-def _write_log(rows: list[dict[str, Any]], path: Path) -> None:
-    import pandas as pd
-
-    from bcpath.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        pd.DataFrame(rows, columns=list(LOG_COLUMNS)).to_csv(tmp, index=False, float_format="%.6g")
-
-
 def train_patch_classifier(
     spec: ModelSpec,
     samples_table: pd.DataFrame | str | os.PathLike[str],
@@ -275,10 +266,17 @@ def train_patch_classifier(
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from bcpath.engine import autocast_dtype, granted_threads
+    from bcpath.engine import (
+        autocast,
+        autocast_dtype,
+        choose_device,
+        fit,
+        granted_threads,
+        torch_threads,
+    )
     from bcpath.erpr.sampling import PatchSampleDataset
     from bcpath.io import atomic_path, json_ready, write_json
-    from bcpath.models.registry import build_model, save_weights
+    from bcpath.models.registry import build_model
 
     config = config or TrainConfig()
     if spec.num_classes != len(LABEL_ORDER):
@@ -304,145 +302,110 @@ def train_patch_classifier(
         len(tune_rows), np.bincount(tune_labels, minlength=3).tolist(),
     )
 
-    dev = torch.device(config.device) if config.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = choose_device(config.device)
     on_cuda = dev.type == "cuda"
     n_threads = config.threads if config.threads is not None else granted_threads()
     workers = config.num_workers if config.num_workers is not None else (min(8, max(0, n_threads - 1)) if on_cuda else 0)
-    previous_threads = torch.get_num_threads()
-    if not on_cuda:
-        torch.set_num_threads(max(1, n_threads))
     try:
-        model = build_model(spec, pretrained_path).to(dev)
-        if on_cuda:
-            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        amp_dtype = autocast_dtype() if on_cuda else None
-        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-        mean = torch.tensor(spec.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-        std = torch.tensor(spec.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-        loss_fn = torch.nn.CrossEntropyLoss()
-
-        def forward(batch: torch.Tensor) -> torch.Tensor:
-            inputs = batch.to(dev, non_blocking=on_cuda).float().div_(255.0).sub_(mean).div_(std)
+        with torch_threads(n_threads, dev):
+            model = build_model(spec, pretrained_path).to(dev)
             if on_cuda:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cuda", dtype=amp_dtype):
+                model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+            scaler = torch.amp.GradScaler("cuda", enabled=on_cuda and autocast_dtype() == torch.float16)
+            mean = torch.tensor(spec.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+            std = torch.tensor(spec.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+            loss_fn = torch.nn.CrossEntropyLoss()
+
+            def forward(batch: torch.Tensor) -> torch.Tensor:
+                inputs = batch.to(dev, non_blocking=on_cuda).float().div_(255.0).sub_(mean).div_(std)
+                if on_cuda:
+                    inputs = inputs.contiguous(memory_format=torch.channels_last)
+                with autocast(dev):
                     output = model(inputs)
-            else:
-                output = model(inputs)
-            logits: torch.Tensor = getattr(output, "logits", output)
-            return logits.float()
+                logits: torch.Tensor = getattr(output, "logits", output)
+                return logits.float()
 
-        loader_args: dict[str, Any] = {
-            "batch_size": config.batch_size,
-            "num_workers": workers,
-            "pin_memory": on_cuda,
-            "prefetch_factor": 4 if workers > 0 else None,
-        }
-        tune_loader: DataLoader[tuple[torch.Tensor, int]] = DataLoader(tune_set, shuffle=False, **loader_args)  # type: ignore[arg-type]
-        rows: list[dict[str, Any]] = []
-        best_loss, best_epoch, best_auc, best_sha = math.inf, 0, math.nan, ""
-        since_best = 0
-        stopped_early = False
-        for epoch in range(1, config.epochs + 1):
-            started = time.perf_counter()
-            indices = balanced_epoch_indices(train_labels, np.random.default_rng((config.seed, epoch)))
-            train_set.set_epoch(epoch)  # augmentation of patch i: a function of (seed, epoch, i)
-            generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-            train_loader: DataLoader[tuple[torch.Tensor, int]] = DataLoader(
-                train_set,  # type: ignore[arg-type]
-                sampler=indices.tolist(),
-                generator=generator,
-                drop_last=len(indices) % config.batch_size == 1,  # BatchNorm needs 2+ per batch
-                **loader_args,
-            )
-            model.train()
-            total_loss, correct, seen = 0.0, 0, 0
-            bar = tqdm(total=len(indices), desc=f"{spec.model_id} epoch {epoch}", unit="patch", disable=not progress, mininterval=30)
-            for batch, labels in train_loader:
-                target = labels.to(dev, non_blocking=on_cuda)
-                logits = forward(batch)
-                loss = loss_fn(logits, target)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                total_loss += float(loss.detach()) * len(labels)
-                correct += int((logits.detach().argmax(1) == target).sum())
-                seen += len(labels)
-                bar.update(len(labels))
-            bar.close()
+            loader_args: dict[str, Any] = {
+                "batch_size": config.batch_size,
+                "num_workers": workers,
+                "pin_memory": on_cuda,
+                "prefetch_factor": 4 if workers > 0 else None,
+            }
+            tune_loader: DataLoader[tuple[torch.Tensor, int]] = DataLoader(tune_set, shuffle=False, **loader_args)  # type: ignore[arg-type]
 
-            model.eval()
-            probabilities = np.zeros((len(tune_set), len(LABEL_ORDER)), dtype=np.float32)
-            tune_loss_sum, offset = 0.0, 0
-            with torch.inference_mode():
-                for batch, labels in tune_loader:
+            def train_epoch(epoch: int) -> dict[str, Any]:
+                indices = balanced_epoch_indices(train_labels, np.random.default_rng((config.seed, epoch)))
+                train_set.set_epoch(epoch)  # augmentation of patch i: a function of (seed, epoch, i)
+                generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+                train_loader: DataLoader[tuple[torch.Tensor, int]] = DataLoader(
+                    train_set,  # type: ignore[arg-type]
+                    sampler=indices.tolist(),
+                    generator=generator,
+                    drop_last=len(indices) % config.batch_size == 1,  # BatchNorm needs 2+ per batch
+                    **loader_args,
+                )
+                model.train()
+                total_loss, correct, seen = 0.0, 0, 0
+                bar = tqdm(total=len(indices), desc=f"{spec.model_id} epoch {epoch}", unit="patch", disable=not progress, mininterval=30)
+                for batch, labels in train_loader:
+                    target = labels.to(dev, non_blocking=on_cuda)
                     logits = forward(batch)
-                    target = labels.to(dev)
-                    tune_loss_sum += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
-                    probabilities[offset : offset + len(labels)] = torch.softmax(logits, 1).cpu().numpy()
-                    offset += len(labels)
-            tune_loss = tune_loss_sum / max(1, len(tune_set))
-            tune_acc = float((probabilities.argmax(1) == tune_labels).mean()) if len(tune_set) else math.nan
-            tune_auc = _positive_auc(tune_labels, probabilities[:, 0])
-            if not math.isfinite(tune_loss):
-                logger.warning("%s epoch %d: tune loss is %s (diverged); lower lr", spec.model_id, epoch, tune_loss)
-
-            is_best = tune_loss < best_loss
-            save_weights(model, out / "last.pt")
-            if is_best:
-                best_loss, best_epoch, best_auc = tune_loss, epoch, tune_auc
-                best_sha = save_weights(model, out / "best.pt")
-                since_best = 0
-            else:
-                since_best += 1
-            rows.append(
-                {
-                    "epoch": epoch,
+                    loss = loss_fn(logits, target)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    total_loss += float(loss.detach()) * len(labels)
+                    correct += int((logits.detach().argmax(1) == target).sum())
+                    seen += len(labels)
+                    bar.update(len(labels))
+                bar.close()
+                return {
                     "train_loss": total_loss / max(1, seen),
                     "train_acc": correct / max(1, seen),
-                    "tune_loss": tune_loss,
-                    "tune_acc": tune_acc,
-                    "tune_auc": tune_auc,
                     "lr": optimizer.param_groups[0]["lr"],
                     "n_train": seen,
-                    "n_tune": len(tune_set),
-                    "is_best": int(is_best),
-                    "seconds": round(time.perf_counter() - started, 2),
                 }
-            )
-            _write_log(rows, out / "log.csv")
-            logger.info(
-                "%s %s epoch %d: train loss %.4f acc %.3f | tune loss %.4f acc %.3f AUC %.3f | %.1fs%s",
-                spec.model_id, biomarker, epoch, rows[-1]["train_loss"], rows[-1]["train_acc"], tune_loss,
-                tune_acc, tune_auc, rows[-1]["seconds"], " (best)" if is_best else "",
-            )
-            if since_best > config.patience and epoch < config.epochs:
-                stopped_early = True
-                logger.info("%s: early stop after epoch %d (best epoch %d)", spec.model_id, epoch, best_epoch)
-                break
+
+            def validate(epoch: int) -> dict[str, Any]:
+                model.eval()
+                probabilities = np.zeros((len(tune_set), len(LABEL_ORDER)), dtype=np.float32)
+                tune_loss_sum, offset = 0.0, 0
+                with torch.inference_mode():
+                    for batch, labels in tune_loader:
+                        logits = forward(batch)
+                        target = labels.to(dev)
+                        tune_loss_sum += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
+                        probabilities[offset : offset + len(labels)] = torch.softmax(logits, 1).cpu().numpy()
+                        offset += len(labels)
+                return {
+                    "tune_loss": tune_loss_sum / max(1, len(tune_set)),
+                    "tune_acc": float((probabilities.argmax(1) == tune_labels).mean()) if len(tune_set) else math.nan,
+                    "tune_auc": _positive_auc(tune_labels, probabilities[:, 0]),
+                    "n_tune": len(tune_set),
+                }
+
+            fitted = fit(
+                model, train_epoch, validate, out, config.epochs, config.patience,
+                monitor="tune_loss", mode="min", name=f"{spec.model_id} {biomarker}",
+                log_columns=LOG_COLUMNS, patience_exceeded=True,
+                diverged_hint=f"lower lr (now {config.lr}) or check the annotations",
+            )  # fmt: skip
     finally:
-        if not on_cuda:
-            torch.set_num_threads(previous_threads)
         train_set.close()
         tune_set.close()
 
-    if not best_sha:
-        raise BcpathError(
-            f"model {spec.model_id}: no epoch gave a finite tune loss (training diverged); "
-            f"lower lr (now {config.lr}) or check the annotations"
-        )
     result = TrainResult(
-        best_epoch=best_epoch,
-        best_tune_loss=best_loss,
-        best_tune_auc=best_auc,
-        weights_path=out / "best.pt",
-        sha256=best_sha,
-        last_path=out / "last.pt",
-        log_path=out / "log.csv",
-        epochs_run=len(rows),
-        stopped_early=stopped_early,
+        best_epoch=fitted.best_epoch,
+        best_tune_loss=fitted.best_value,
+        best_tune_auc=float(fitted.rows[fitted.best_epoch - 1]["tune_auc"]),
+        weights_path=fitted.weights_path,
+        sha256=fitted.sha256,
+        last_path=fitted.last_path,
+        log_path=fitted.log_path,
+        epochs_run=fitted.epochs_run,
+        stopped_early=fitted.stopped_early,
     )
     write_json(
         out / "train.json",

@@ -68,6 +68,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from bcpath.engine import choose_device, torch_threads
 from bcpath.errors import BcpathError
 
 if TYPE_CHECKING:
@@ -346,10 +347,6 @@ def dla_labels(reference: float, n: int, sigma: float, rng: np.random.Generator)
 # Training and prediction
 
 
-def _device(device: str | None) -> torch.device:
-    return torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def train_ramcnn(
     cores: Sequence[Core],
     *,
@@ -407,7 +404,7 @@ def train_ramcnn(
     bad = [str(c[3]) for c, r in zip(cores, refs, strict=True) if not (math.isfinite(r) and 0 <= r <= H_SCORE_MAX)]
     if bad:
         raise BcpathError(f"RAM-CNN training: reference H-Score missing or outside 0-300 for core(s) {', '.join(bad[:5])}; fix or drop them")
-    dev = _device(device)
+    dev = choose_device(device)
     torch.manual_seed(seed)
     model = RamCnn(size=size, width=width, hidden=hidden).to(dev)
     x_all = _pair_tensor(cores, size).to(dev)
@@ -606,35 +603,26 @@ def load_ramcnn(directory: str | os.PathLike[str], device: str | None = "cpu") -
     Raises:
         BcpathError: a file missing or unreadable, sha256 mismatch, or weights that do not fit.
     """
-    import pickle
-
-    from bcpath.wsi.reader import file_sha256
+    from bcpath.models.registry import load_checked_state_dict
 
     folder = Path(directory)
     meta_path, weights_path = folder / META_NAME, folder / WEIGHTS_NAME
     fix = "re-run the train_ramcnn rule (or save_ramcnn) to rewrite the model directory"
-    for path in (meta_path, weights_path):
-        if not path.is_file():
-            raise BcpathError(f"RAM-CNN model {folder}: {path.name} not found; {fix}")
+    if not meta_path.is_file():
+        raise BcpathError(f"RAM-CNN model {folder}: {META_NAME} not found; {fix}")
     try:
         meta = json.loads(meta_path.read_text())
         config = {key: int(meta["architecture"][key]) for key in ("size", "width", "hidden")}
         expected = str(meta["sha256"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise BcpathError(f"RAM-CNN model {folder}: {META_NAME} is not a RAM-CNN record ({type(exc).__name__}: {exc}); {fix}") from exc
-    actual = file_sha256(weights_path)
-    if actual != expected:
-        raise BcpathError(f"RAM-CNN model {folder}: {WEIGHTS_NAME} has sha256 {actual}, {META_NAME} says {expected}; {fix}")
-    try:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        raise BcpathError(f"RAM-CNN model {folder}: {WEIGHTS_NAME} is not a loadable state_dict ({type(exc).__name__}); {fix}") from exc
+    state = load_checked_state_dict(weights_path, expected, f"RAM-CNN model {folder}", fix, expected_from=f"{META_NAME} sha256")
     model = RamCnn(**config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise BcpathError(f"RAM-CNN model {folder}: weights do not fit the architecture {config} ({str(exc).splitlines()[0]}); {fix}") from exc
-    return model.to(_device(device)).eval(), meta
+    return model.to(choose_device(device)).eval(), meta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -729,17 +717,13 @@ def train_ramcnn_step(input: Any, output: Any, params: Any, threads: int = 1, **
             f"RAM-CNN training: {len(cores)} core(s) with a reference H-Score in {input.cores} ({skipped} without one); "
             f"leave-{k}-out cross-validation needs at least {2 * k}; add reference H-Scores or lower ramcnn.folds_k"
         )
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(threads)))
-    try:
+    with torch_threads(threads, choose_device(train_kwargs["device"])):
         logger.info("RAM-CNN: %d cores (%d skipped without reference), leave-%d-out, settings %s", len(cores), skipped, k, train_kwargs)
         table, metrics = leave_k_out_cv(cores, k, seed=seed, **train_kwargs)
         logger.info("RAM-CNN CV: MAE %.1f, SD %.1f, r %.3f (n %d)", metrics["mae"], metrics["sd_error"], metrics["pearson_r"], metrics["n"])
         started = time.perf_counter()
         model, history = train_ramcnn(cores, seed=seed, **train_kwargs)
         logger.info("RAM-CNN on all %d cores: final loss %.5f (RMSE %.1f H-Score points), %.1fs", len(cores), history[-1]["loss"], history[-1]["rmse_h"], time.perf_counter() - started)
-    finally:
-        torch.set_num_threads(previous)
     table.insert(0, "slide_id", [ids[c][0] for c in table["core_id"]])
     table["core_id"] = [ids[c][1] for c in table["core_id"]]
     with atomic_path(output.cv) as tmp:

@@ -377,19 +377,9 @@ def load_weights_file(
         BcpathError: file missing, sha256 mismatch, not a state_dict of tensors, or tensors that
             do not fit the architecture; the message names the model, the file and ``fix``.
     """
-    from bcpath.wsi.reader import file_sha256
-
     path = Path(path)
     fix = fix or f"re-run the training command (`{spec.training_command}`)"
-    if not path.is_file():
-        raise BcpathError(f"model {spec.model_id}: weights file not found: {path} (expected sha256 {expected_sha256}); {fix}")
-    actual = file_sha256(path)
-    if actual != expected_sha256:
-        raise BcpathError(
-            f"model {spec.model_id}: weights file {path} has sha256 {actual}, expected "
-            f"{expected_sha256}; {fix}"
-        )
-    state = _load_state_dict(path, f"model {spec.model_id}: weights file")
+    state = load_checked_state_dict(path, expected_sha256, f"model {spec.model_id}", fix)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -400,11 +390,53 @@ def load_weights_file(
     return model.eval()
 
 
-def save_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -> str:
+def load_checked_state_dict(
+    path: str | os.PathLike[str],
+    expected_sha256: str | None,
+    what: str,
+    fix: str = "re-run the training that wrote it",
+    expected_from: str = "",
+) -> dict[str, torch.Tensor]:
+    """The one sha256-checked weights loader: check the file's sha256, then load it safely.
+
+    Every model kind goes through here: registry entries (:func:`load_weights_file`), nuclei
+    U-Net training folders (train.json ``best_sha256``), RAM-CNN folders (ramcnn.json
+    ``sha256``) and the weights a training rule just wrote.
+
+    Args:
+        path: the weights file (a state_dict saved with torch.save).
+        expected_sha256: its recorded sha256; None = no record to check against (e.g. last.pt).
+        what: names the model in messages, e.g. ``"model er_demo"``.
+        fix: what to do about a bad file (ends each message).
+        expected_from: where ``expected_sha256`` was recorded, e.g. ``"ramcnn.json sha256"``.
+
+    Returns:
+        The state_dict on CPU (``torch.load(weights_only=True)``: tensors only).
+
+    Raises:
+        BcpathError: file missing, sha256 mismatch, or not a state_dict of tensors; the message
+            names the model, the file and ``fix``.
+    """
+    from bcpath.wsi.reader import file_sha256
+
+    path = Path(path)
+    source = f" ({expected_from})" if expected_from else ""
+    if not path.is_file():
+        expected = f" (expected sha256 {expected_sha256}{source})" if expected_sha256 else ""
+        raise BcpathError(f"{what}: weights file not found: {path}{expected}; {fix}")
+    if expected_sha256 is not None:
+        actual = file_sha256(path)
+        if actual != expected_sha256:
+            raise BcpathError(f"{what}: weights file {path} has sha256 {actual}, expected {expected_sha256}{source}; {fix}")
+    return _load_state_dict(path, f"{what}: weights file")
+
+
+def save_weights(model: torch.nn.Module, path: str | os.PathLike[str], cpu_copy: bool = False) -> str:
     """Save ``model.state_dict()`` atomically (torch.save) and return the file's sha256.
 
     The file loads with ``torch.load(weights_only=True)``; record the returned sha256 in the
-    registry next to the path.
+    registry next to the path. ``cpu_copy``: save a plain dict of detached CPU copies instead
+    (no state_dict metadata; the same bytes whatever the device): the nuclei U-Net's format.
     """
     import torch
 
@@ -413,6 +445,9 @@ def save_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -> str:
 
     # Through an open handle: given a path, torch.save names the archive's records after
     # the (random) temporary file name, so identical weights would hash differently.
+    state: Any = model.state_dict()
+    if cpu_copy:
+        state = {k: v.detach().cpu().clone() for k, v in state.items()}
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        torch.save(model.state_dict(), handle)
+        torch.save(state, handle)
     return file_sha256(path)

@@ -43,17 +43,15 @@ Outputs of :func:`train_nuclei_model` in ``out_dir``: ``best.pt`` / ``last.pt`` 
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import json
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +64,10 @@ from scipy import ndimage as ndi
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from bcpath.engine import choose_device, fit, seed_everything, torch_threads
 from bcpath.errors import BcpathError
-from bcpath.io import atomic_path, json_ready, write_json, write_text
+from bcpath.io import atomic_path, json_ready, write_json
+from bcpath.models.registry import load_checked_state_dict, save_weights
 from bcpath.nuclei.datasets import CPM_IMAGE_SUFFIXES, NucleiSample, list_cpm15, list_monuseg
 from bcpath.nuclei.normalise import StainNormaliser
 
@@ -106,6 +106,9 @@ PREDICT_OVERLAP = 0.5
 THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 MIN_AREA_PX = 10
 W0, SIGMA_PX = 10.0, 5.0
+#: log.csv of a training run (one row per epoch, written by :func:`bcpath.engine.fit`).
+LOG_COLUMNS: tuple[str, ...] = ("epoch", "train_loss", "val_loss", "seconds")
+LOG_FORMATS: dict[str, str] = {"train_loss": "%.6f", "val_loss": "%.6f", "seconds": "%.1f"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -579,8 +582,7 @@ def load_nuclei_model(
     """Load a training output folder (or its ``best.pt`` / ``last.pt``, next to ``train.json``);
     ``device``: None = CUDA when available, else CPU; ``tta``: predict with test-time
     augmentation (:attr:`NucleiModel.tta`)."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(choose_device(device))
     path = Path(path)
     folder, weights = (path, path / checkpoint) if path.is_dir() else (path.parent, path)
     meta_path = folder / "train.json"
@@ -590,14 +592,13 @@ def load_nuclei_model(
             "(written by bcpath nuclei train)"
         )
     meta = json.loads(meta_path.read_text())
-    expected = meta.get("best_sha256")
-    if weights.name == "best.pt" and expected and _sha256(weights) != expected:
-        raise BcpathError(
-            f"nuclei model {weights}: sha256 differs from train.json's best_sha256 ({expected[:12]}…); "
-            "the file is damaged or from another run: copy best.pt and train.json together"
-        )
+    # best.pt is checked against train.json's best_sha256 (last.pt has no recorded sha256).
+    expected = meta.get("best_sha256") if weights.name == "best.pt" else None
+    state = load_checked_state_dict(
+        weights, expected or None, f"nuclei model {folder}", expected_from="train.json best_sha256",
+        fix="the file is damaged or from another run: copy best.pt and train.json together",
+    )  # fmt: skip
     model = build_model(meta["architecture"])
-    state = torch.load(weights, map_location=device, weights_only=True)
     model.load_state_dict(state)
     model.to(device).eval()
     stain_path = folder / "stain.json"
@@ -611,27 +612,6 @@ def load_nuclei_model(
 
 
 # --------------------------------------------------------------------------- training
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _sha256(path: Path) -> str:
-    from bcpath.wsi import file_sha256
-
-    return file_sha256(path)
-
-
-def _save_state(model: nn.Module, path: Path) -> None:
-    # Serialised to memory first: torch.save names the archive after the file, and the
-    # temporary name of atomic_path is random, which would change the bytes (and sha256).
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, buffer)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
 
 
 def _run_epoch(
@@ -786,7 +766,7 @@ def _train(
     )
     val_organs, val_names = tuple(val_organs), tuple(val_names)
     target_stain = _check_target_stain(kw["target_stain"])
-    t_start = time.monotonic()
+    t_start = time.perf_counter()
     if epochs < 1 or batch_size < 1 or patience < 1 or not lr > 0:
         raise BcpathError(
             f"training: epochs, batch_size, patience ≥ 1 and lr > 0 needed; got {epochs}, {batch_size}, {patience}, {lr}"
@@ -795,7 +775,7 @@ def _train(
     out.mkdir(parents=True, exist_ok=True)
     samples = _gather(data)
     train_s, val_s = split_by_organ(samples, val_organs, val_names)
-    _seed_all(seed)
+    seed_everything(seed)
 
     normaliser = None
     if stain_normalisation:
@@ -819,13 +799,13 @@ def _train(
         "prepared %d training, %d validation images (%.0f s)",
         len(train_im),
         len(val_im),
-        time.monotonic() - t_start,
+        time.perf_counter() - t_start,
     )
 
     architecture: dict[str, Any] = {"encoder": encoder, "n_classes": 3, "in_channels": 3}
     if encoder == "plain":
         architecture.update(depth=plain_depth, base=plain_base, dropout=0.1)
-    _seed_all(seed)
+    seed_everything(seed)
     model = build_model(architecture, pretrained_encoder).to(device)
     init_record = _initialise_from(model, kw["init_from"], architecture, device)
     train_ds = NucleiTileDataset(
@@ -839,31 +819,19 @@ def _train(
     val_loader = DataLoader(val_ds, batch_size=batch_size, shuffle=False, num_workers=0)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
 
-    log_rows: list[tuple[int, float, float, float]] = []
-    best_loss, best_epoch, stale = math.inf, 0, 0
-    stopped = "epochs"
-    for epoch in range(1, epochs + 1):
-        t0 = time.monotonic()
+    def train_epoch(epoch: int) -> dict[str, float]:
         train_ds.set_epoch(epoch)
-        tr = _run_epoch(model, train_loader, device, optimiser)
-        va = _run_epoch(model, val_loader, device, None)
-        log_rows.append((epoch, tr, va, time.monotonic() - t0))
-        _write_log(out / "log.csv", log_rows)
-        logger.info("epoch %d: train %.4f val %.4f (%.0f s)", epoch, tr, va, time.monotonic() - t0)
-        if va < best_loss:
-            best_loss, best_epoch, stale = va, epoch, 0
-            _save_state(model, out / "best.pt")
-        else:
-            stale += 1
-        _save_state(model, out / "last.pt")
-        if stale >= patience:
-            stopped = "early_stopping"
-            break
-        if max_minutes is not None and time.monotonic() - t_start > 60 * max_minutes:
-            stopped = "time_limit"
-            break
+        return {"train_loss": _run_epoch(model, train_loader, device, optimiser)}
 
-    model.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=True))
+    def validate(epoch: int) -> dict[str, float]:
+        return {"val_loss": _run_epoch(model, val_loader, device, None)}
+
+    fitted = fit(
+        model, train_epoch, validate, out, epochs, patience, monitor="val_loss", mode="min",
+        name="nuclei U-Net", max_minutes=max_minutes, log_columns=LOG_COLUMNS,
+        log_formats=LOG_FORMATS, started=t_start, save=partial(save_weights, cpu_copy=True),
+    )  # fmt: skip
+    model.load_state_dict(load_checked_state_dict(fitted.weights_path, fitted.sha256, "nuclei U-Net"))
     input_normaliser = normaliser if target_stain == "he" else None
     bundle = NucleiModel(
         model, model_mpp, TILE, 0.5, MIN_AREA_PX, input_normaliser, architecture, device
@@ -901,17 +869,17 @@ def _train(
         "n_train_tiles": len(train_ds),
         "n_val_tiles": len(val_ds),
         "epochs_requested": epochs,
-        "epochs_run": len(log_rows),
-        "stopped": stopped,
+        "epochs_run": fitted.epochs_run,
+        "stopped": fitted.stop_reason,
         "patience": patience,
-        "best_epoch": best_epoch,
-        "best_val_loss": best_loss,
-        "best_sha256": _sha256(out / "best.pt"),
+        "best_epoch": fitted.best_epoch,
+        "best_val_loss": fitted.best_value,
+        "best_sha256": fitted.sha256,
         "threshold": threshold,
         "threshold_grid": list(thresholds),
         "min_area_px": MIN_AREA_PX,
         "validation": {"mean": metrics, "per_image": rows},
-        "seconds": time.monotonic() - t_start,
+        "seconds": time.perf_counter() - t_start,
         "torch": torch.__version__,
     }
     write_json(out / "train.json", json_ready(meta))
@@ -931,17 +899,11 @@ def _initialise_from(
             f"{architecture}; give the same encoder (and plain depth/base)"
         )
     model.load_state_dict(earlier.model.state_dict())
+    from bcpath.wsi.reader import file_sha256
+
     path = Path(init_from)
     weights = path / "best.pt" if path.is_dir() else path
-    return {"path": os.fspath(path), "sha256": _sha256(weights)}
-
-
-def _write_log(path: Path, rows: list[tuple[int, float, float, float]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["epoch", "train_loss", "val_loss", "seconds"])
-    writer.writerows([(e, f"{tr:.6f}", f"{va:.6f}", f"{s:.1f}") for e, tr, va, s in rows])
-    write_text(path, buffer.getvalue())
+    return {"path": os.fspath(path), "sha256": file_sha256(weights)}
 
 
 def train_nuclei_model_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
@@ -953,10 +915,8 @@ def train_nuclei_model_step(input: Any, output: Any, params: Any, threads: int =
             "train_nuclei_model: nuclei.training.data lists no dataset folder; give MoNuSeg- or "
             "CPM-15-layout folders, e.g. --config nuclei='{training: {data: [/data/monuseg]}}'"
         )
-    device = settings.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(threads)))
-    try:
+    device = choose_device(settings.get("device"))
+    with torch_threads(threads, device):
         train_nuclei_model(
             folders,
             Path(output.weights).parent,
@@ -974,10 +934,8 @@ def train_nuclei_model_step(input: Any, output: Any, params: Any, threads: int =
             plain_base=int(settings["plain_base"]),
             seed=int(settings["seed"]),
             model_mpp=float(params.mpp),
-            device=device,
+            device=str(device),
         )
-    finally:
-        torch.set_num_threads(previous)
 
 
 def evaluate_dataset(folders: Sequence[str | Path], segmenter: Any) -> pd.DataFrame:
