@@ -45,7 +45,7 @@ def granted_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def choose_device(device: str | None = None) -> torch.device:
+def choose_device(device: str | torch.device | None = None) -> torch.device:
     """``torch.device(device)``, or CUDA when available and ``device`` is None, else CPU."""
     import torch
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bcpath.engine import autocast_dtype, granted_threads
+from bcpath.engine import autocast, choose_device, granted_threads, torch_threads
 from bcpath.errors import BcpathError
 
 if TYPE_CHECKING:
@@ -303,7 +303,7 @@ def predict_slide(
             f"model {spec.model_id} expects {spec.mpp} µm/px but {tiles_zarr} is at {tiles_mpp} µm/px; "
             f"tile the slide at the model's resolution (tiling mpp: {spec.mpp})"
         )
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = choose_device(device)
     on_cuda = dev.type == "cuda"
     n_threads = threads if threads is not None else granted_threads()
     workers = num_workers if num_workers is not None else (min(8, max(0, n_threads - 1)) if on_cuda else 0)
@@ -326,10 +326,7 @@ def predict_slide(
     )
 
     if len(dataset):
-        previous_threads = torch.get_num_threads()
-        if not on_cuda:
-            torch.set_num_threads(max(1, n_threads))
-        try:
+        with torch_threads(n_threads, dev):
             model = model.eval().to(dev)
             if on_cuda:
                 model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -350,9 +347,7 @@ def predict_slide(
                     inputs = batch.to(dev, non_blocking=on_cuda).float().div_(255.0).sub_(mean).div_(std)
                     if on_cuda:
                         inputs = inputs.contiguous(memory_format=torch.channels_last)
-                        with torch.autocast("cuda", dtype=autocast_dtype()):
-                            output = model(inputs)
-                    else:
+                    with autocast(dev):
                         output = model(inputs)
                     logits = getattr(output, "logits", output)  # InceptionOutputs in train mode
                     if logits.shape[1] != spec.num_classes:
@@ -363,9 +358,6 @@ def predict_slide(
                     probabilities[index.numpy()] = torch.softmax(logits.float(), dim=1).cpu().numpy()
                     bar.update(len(index))
             bar.close()
-        finally:
-            if not on_cuda:
-                torch.set_num_threads(previous_threads)
 
     x0, y0 = dataset.level0()
     table = pd.DataFrame(

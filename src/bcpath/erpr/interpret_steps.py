@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from bcpath.engine import torch_threads
 from bcpath.errors import BcpathError
 
 logger = logging.getLogger(__name__)
@@ -229,35 +230,29 @@ def _model(input: Any, params: Any) -> tuple[Any, Any]:
 
 def smoothgrad_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
     """Rule interpret_smoothgrad."""
-    import torch
-
-    torch.set_num_threads(threads)
-    model, spec = _model(input, params)
-    settings = params.interpret
-    smoothgrad_report(model, spec, list(input.predictions), output.png, output.csv,
-                      top_k=int(settings["top_k"]), n_samples=int(settings["smoothgrad_samples"]),
-                      sigma=float(settings["smoothgrad_sigma"]), seed=int(settings["seed"]))
+    with torch_threads(threads):
+        model, spec = _model(input, params)
+        settings = params.interpret
+        smoothgrad_report(model, spec, list(input.predictions), output.png, output.csv,
+                          top_k=int(settings["top_k"]), n_samples=int(settings["smoothgrad_samples"]),
+                          sigma=float(settings["smoothgrad_sigma"]), seed=int(settings["seed"]))
 
 
 def cluster_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
     """Rule interpret_clusters."""
-    import torch
-
-    torch.set_num_threads(threads)
-    model, spec = _model(input, params)
-    settings = params.interpret
-    by_biomarker = {b: [p for p in input.predictions if Path(p).stem == m] for b, m in params.models.items()}
-    cluster_report(model, spec, by_biomarker, params.embedding_biomarker, Path(output.hierarchy).parent,
-                   n_clusters=int(settings["n_clusters"]), max_patches_per_slide=int(settings["max_patches_per_slide"]),
-                   seed=int(settings["seed"]))
+    with torch_threads(threads):
+        model, spec = _model(input, params)
+        settings = params.interpret
+        by_biomarker = {b: [p for p in input.predictions if Path(p).stem == m] for b, m in params.models.items()}
+        cluster_report(model, spec, by_biomarker, params.embedding_biomarker, Path(output.hierarchy).parent,
+                       n_clusters=int(settings["n_clusters"]), max_patches_per_slide=int(settings["max_patches_per_slide"]),
+                       seed=int(settings["seed"]))
 
 
 def tcav_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
     """Rule interpret_tcav."""
-    import torch
-
-    torch.set_num_threads(threads)
-    model, spec = _model(input, params)
-    settings = params.interpret
-    tcav_report(model, spec, list(input.predictions), dict(settings["concepts"]), output.tcav,
-                n_runs=int(settings["tcav_runs"]), n_random=int(settings["tcav_random_patches"]), seed=int(settings["seed"]))
+    with torch_threads(threads):
+        model, spec = _model(input, params)
+        settings = params.interpret
+        tcav_report(model, spec, list(input.predictions), dict(settings["concepts"]), output.tcav,
+                    n_runs=int(settings["tcav_runs"]), n_random=int(settings["tcav_random_patches"]), seed=int(settings["seed"]))
