@@ -205,7 +205,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     data = MitosisDataConfig(
         model_mpp=args.model_mpp, patch_px=args.patch_px, crop_px=args.crop_px, width=args.width, embed_dim=args.embed_dim,
-        val_fraction=args.val_fraction, threshold=args.threshold, seed=args.seed,
+        val_fraction=args.val_fraction, target_fp_per_mm2=args.target_fp_per_mm2, seed=args.seed,
     )
     config = MitosisTrainConfig(
         epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,
@@ -218,7 +218,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(
         f"validation: mitoses {v['mitoses']['n']} detection recall {v['mitoses']['detection_recall']:.3f}, "
         f"false positives {v['nuclei_images']['fp_per_mm2']:.1f}/mm² on {v['nuclei_images']['n_images']} nuclei images, "
-        f"atypical balanced accuracy {v['atypical']['balanced_accuracy']:.3f}; model in {args.out}"
+        f"atypical balanced accuracy {v['atypical']['balanced_accuracy']:.3f} (threshold {record['threshold']:.3f}); model in {args.out}"
     )
     return 0
 
@@ -257,7 +257,7 @@ def add_mitosis_subparser(sub: argparse._SubParsersAction) -> None:  # type: ign
     train.add_argument("--width", type=int, default=16, help="MitosNet first-block channels")
     train.add_argument("--embed-dim", type=int, default=64)
     train.add_argument("--val-fraction", type=float, default=0.2)
-    train.add_argument("--threshold", type=float, default=0.5, help="detection threshold (hard negatives, report)")
+    train.add_argument("--target-fp-per-mm2", type=float, default=2.0, help="the detection threshold allows this many detections per mm² of the training nuclei images")
     train.add_argument("--epochs", type=int, default=12, help="stage-1 epochs at most")
     train.add_argument("--hard-negative-epochs", type=int, default=5, help="stage-2 epochs at most (0 = one stage)")
     train.add_argument("--patience", type=int, default=3)

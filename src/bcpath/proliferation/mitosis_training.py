@@ -33,6 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bcpath.errors import BcpathError
+from bcpath.proliferation.candidates import find_candidates
 from bcpath.proliferation.datasets import (
     NucleiImage,
     image_area_mm2,
@@ -76,7 +77,11 @@ class MitosisDataConfig:
         width, embed_dim: MitosNet arguments.
         val_fraction: share of AMi-Br figures (whole slides) and of nuclei images held out.
         nuclei_per_mm2, candidates_per_mm2: negatives drawn per mm² of nuclei image.
-        threshold: detection threshold on p(mitosis) (stage-2 hard negatives and the report).
+        hard_threshold: stage-1 candidates of the training nuclei images with p(mitosis) ≥ this
+            are stage 2's hard negatives; hard_repeat: how often each is repeated there.
+        target_fp_per_mm2: the shipped detection threshold is the lowest at which the final
+            model finds at most this many figures per mm² of the *training* nuclei images
+            (about mitosis-free); held-out data never choose it.
         seed: split and sampling seed.
     """
 
@@ -86,9 +91,11 @@ class MitosisDataConfig:
     width: int = 16
     embed_dim: int = 64
     val_fraction: float = 0.2
-    nuclei_per_mm2: float = 1200.0
-    candidates_per_mm2: float = 600.0
-    threshold: float = 0.5
+    nuclei_per_mm2: float = 1000.0
+    candidates_per_mm2: float = 1500.0
+    hard_threshold: float = 0.3
+    hard_repeat: int = 3
+    target_fp_per_mm2: float = 2.0
     seed: int = 0
 
 
@@ -126,24 +133,45 @@ def channel_stats(crops: NDArray[np.uint8], size: int) -> tuple[list[float], lis
 def hard_negative_crops(
     images: Sequence[NucleiImage], model: torch.nn.Module, spec: ModelSpec, crop_px: int, threshold: float
 ) -> CropSet:
-    """Crops of every detection at ``threshold`` on the (mitosis-free) nuclei images: label 0.
-
-    Detections whose crop would reach past the image border are left out (only negatives would
-    carry reflected borders)."""
+    """Crops of every candidate with p(mitosis) ≥ ``threshold`` on the (mitosis-free) nuclei
+    images: label 0. Candidates whose crop would reach past the image border are left out (only
+    negatives would carry reflected borders)."""
     parts, groups = [], []
     margin = crop_px / 2.0
     for image in images:
-        found, _ = detect_in_image(image.rgb, model, spec, DetectionParams(threshold=threshold))
+        peaks = find_candidates(image.rgb, spec.mpp)
         h, w = image.rgb.shape[:2]
-        xy = found[["x", "y"]].to_numpy(np.float64)
+        xy = peaks[["x", "y"]].to_numpy(np.float64)
         xy = xy[(xy[:, 0] >= margin) & (xy[:, 1] >= margin) & (xy[:, 0] < w - margin) & (xy[:, 1] < h - margin)]
-        if len(xy):
-            parts.append(extract_crops(image.rgb, xy[:, 0], xy[:, 1], crop_px))
-            groups += [image.group] * len(xy)
+        crops = extract_crops(image.rgb, xy[:, 0], xy[:, 1], crop_px)
+        p, _ = predict_crops(model, crops, spec)
+        if (p >= threshold).any():
+            parts.append(crops[p >= threshold])
+            groups += [image.group] * int((p >= threshold).sum())
     n = len(groups)
     if not n:
         return CropSet(np.zeros((0, crop_px, crop_px, 3), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.str_))
     return CropSet(np.concatenate(parts), np.zeros(n, np.int64), np.full(n, -1, np.int64), np.asarray(groups, dtype=np.str_))
+
+
+def choose_threshold(images: Sequence[NucleiImage], model: torch.nn.Module, spec: ModelSpec, target_fp_per_mm2: float) -> dict[str, float]:
+    """The lowest p(mitosis) threshold at which detection on ``images`` (about mitosis-free)
+    finds at most ``target_fp_per_mm2`` figures per mm² (greedy NMS keeps, above any threshold,
+    the same points as NMS run at it, so one pass at a low threshold serves every threshold).
+
+    Returns ``{"threshold", "fp_per_mm2"}`` (its false positives per mm² on ``images``)."""
+    scores: list[NDArray[np.float64]] = []
+    area = 0.0
+    for image in images:
+        found, _ = detect_in_image(image.rgb, model, spec, DetectionParams(threshold=0.05))
+        scores.append(found["probability"].to_numpy(np.float64))
+        area += image_area_mm2(image, spec.mpp)
+    p = np.sort(np.concatenate(scores))[::-1] if scores else np.zeros(0)
+    allowed = int(np.floor(target_fp_per_mm2 * area))
+    # Keep the `allowed` highest; the threshold sits just above the next one.
+    threshold = 0.5 if len(p) <= allowed else float(min(0.999, max(0.5, np.nextafter(p[allowed], 1.0))))
+    threshold = float(np.ceil(threshold * 1000) / 1000)
+    return {"threshold": threshold, "fp_per_mm2": float((p >= threshold).sum() / area) if area else float("nan")}
 
 
 def _rate(values: NDArray[np.bool_]) -> float:
@@ -281,20 +309,23 @@ def train_mitosis_model(
     stage1_dir = out_dir / "stage1"
     stage1 = train_mitosis_classifier(spec, train, val, stage1_dir, config, stage="stage1")
     model = load_model(spec, weights=stage1_dir / "best.pt", sha256=stage1["sha256"], device=config.device or "cpu")
-    hard = hard_negative_crops(train_images, model, spec, data.crop_px, data.threshold)
-    logger.info("stage 2: %d stage-1 false positives on the training nuclei images added as hard negatives", len(hard))
+    hard = hard_negative_crops(train_images, model, spec, data.crop_px, data.hard_threshold)
+    logger.info("stage 2: %d stage-1 candidates with p ≥ %.2f on the training nuclei images added as hard negatives (x%d)", len(hard), data.hard_threshold, data.hard_repeat)
     stage2: dict[str, Any] | None = None
     final_dir = stage1_dir
     if config.hard_negative_epochs > 0 and len(hard):
         stage2_config = dataclasses.replace(config, epochs=config.hard_negative_epochs, lr=config.lr / 3)
-        stage2 = train_mitosis_classifier(spec, CropSet.concat([train, hard]), val, out_dir / "stage2", stage2_config, init_from=stage1_dir / "best.pt", stage="stage2")
+        stage2 = train_mitosis_classifier(spec, CropSet.concat([train] + [hard] * data.hard_repeat), val, out_dir / "stage2", stage2_config, init_from=stage1_dir / "best.pt", stage="stage2")
         final_dir = out_dir / "stage2"
     shutil.copyfile(final_dir / "best.pt", out_dir / "best.pt")
     shutil.copyfile(final_dir / "log.csv", out_dir / "log.csv")
     shutil.copyfile(stage1_dir / "log.csv", out_dir / "log_stage1.csv")
     final = stage2 or stage1
     model = load_model(spec, weights=out_dir / "best.pt", sha256=final["sha256"], device=config.device or "cpu")
-    report = validation_report(model, spec, val_pos, val_images, data.threshold, val_neg)
+    chosen = choose_threshold(train_images, model, spec, data.target_fp_per_mm2)
+    logger.info("threshold %.3f: %.2f detections per mm² of the training nuclei images", chosen["threshold"], chosen["fp_per_mm2"])
+    report = validation_report(model, spec, val_pos, val_images, chosen["threshold"], val_neg)
+    report_at_half = validation_report(model, spec, val_pos, val_images, 0.5, val_neg)
     record = {
         "model_id": model_id,
         "command": command,
@@ -311,7 +342,9 @@ def train_mitosis_model(
         },
         "split": {"val_slides": sorted(val_slides), "val_nuclei_groups": sorted(val_images_groups)},
         "stage1": stage1, "stage2": stage2,
+        "threshold": chosen["threshold"], "threshold_choice": {**chosen, "target_fp_per_mm2": data.target_fp_per_mm2, "on": "training nuclei images"},
         "validation": report,
+        "validation_at_0.5": {k: v for k, v in report_at_half.items() if k != "mitoses"} | {"mitoses": {k: v for k, v in report_at_half["mitoses"].items() if k != "per_slide"}},
         "minutes": round((time.perf_counter() - started) / 60.0, 1),
     }
     write_json(out_dir / "train.json", json_ready(record))
