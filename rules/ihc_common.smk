@@ -3,20 +3,23 @@ from pathlib import Path
 
 import pandas as pd
 
+from bcpath.models.registry import model_folder_inputs
+
 IHC = dict(config["ihc"])
 RAMCNN = IHC["ramcnn"]
 # ihc.nuclei_model: a nuclei model folder (relative to the run folder, else to the workflow,
 # as nuclei.model) replacing the threshold detector; its files are inputs of score_tma.
 IHC_NUCLEI_MODEL_FILES = []
 if IHC.get("nuclei_model"):
-    _model = Path(run_or_workflow_path(IHC["nuclei_model"]))
-    if not (_model / "best.pt").is_file() or not (_model / "train.json").is_file():
-        raise WorkflowError(
-            f"ihc.nuclei_model: {IHC['nuclei_model']} is not a nuclei model folder (best.pt + train.json); "
-            "give e.g. models/nuclei_unet or a `bcpath nuclei train` output, or null for the threshold detector"
+    _model = run_or_workflow_path(IHC["nuclei_model"])
+    try:
+        IHC_NUCLEI_MODEL_FILES = model_folder_inputs(
+            _model, "ihc.nuclei_model",
+            "give e.g. models/nuclei_unet or a `bcpath nuclei train` output, or null for the threshold detector",
         )
-    IHC["nuclei_model"] = str(_model)
-    IHC_NUCLEI_MODEL_FILES = [str(_model / "best.pt"), str(_model / "train.json")]
+    except BcpathError as error:
+        raise WorkflowError(str(error)) from None
+    IHC["nuclei_model"] = _model
 
 
 def _reference_core_count():

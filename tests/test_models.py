@@ -225,3 +225,19 @@ def test_identical_weights_give_identical_files(tmp_path) -> None:
     first = save_weights(model, tmp_path / "a" / "weights.pt")
     second = save_weights(model, tmp_path / "b" / "other_name.pt")
     assert first == second
+
+
+def test_model_folder_inputs(tmp_path: Path) -> None:
+    from bcpath.models.registry import model_folder_inputs
+
+    folder = tmp_path / "unet"
+    folder.mkdir()
+    with pytest.raises(BcpathError, match=r"ihc.nuclei_model: .* is not a model folder \(best.pt \+ train.json\); give one"):
+        model_folder_inputs(folder, "ihc.nuclei_model", "give one")
+    for name in ("best.pt", "train.json", "log.csv"):
+        (folder / name).write_text("x")
+    assert model_folder_inputs(folder, "nuclei.model") == [str(folder / "best.pt"), str(folder / "train.json")]
+    (folder / "stain.json").write_text("{}")
+    expected = [str(folder / "best.pt"), str(folder / "train.json"), str(folder / "stain.json")]
+    assert model_folder_inputs(folder, "nuclei.model") == expected
+    assert model_folder_inputs(folder / "best.pt", "nuclei.model") == expected  # the weights file itself

@@ -431,6 +431,42 @@ def load_checked_state_dict(
     return _load_state_dict(path, f"{what}: weights file")
 
 
+def model_folder_inputs(
+    path: str | os.PathLike[str],
+    setting: str,
+    hint: str = "",
+    weights: str = "best.pt",
+    optional: tuple[str, ...] = ("stain.json",),
+) -> list[str]:
+    """The files of a training-output model folder that the jobs using the model depend on.
+
+    The one model-folder check of the rule files (``nuclei.model``, ``ihc.nuclei_model``): a
+    folder written by a training command holds the weights (``best.pt``) next to the
+    ``train.json`` that records their sha256; ``path`` may also name the weights file itself.
+
+    Args:
+        path: the folder, or its weights file.
+        setting: the config key the path came from (names it in the message).
+        hint: what to give instead (ends the message).
+        weights: the weights file name in a folder.
+        optional: further files the loader reads when present (listed when they exist).
+
+    Returns:
+        The weights file, train.json and the optional files present, as strings.
+
+    Raises:
+        BcpathError: the weights file or train.json is missing.
+    """
+    given = Path(path)
+    folder, weights_path = (given.parent, given) if given.is_file() else (given, given / weights)
+    files = [weights_path, folder / "train.json"]
+    if not all(f.is_file() for f in files):
+        raise BcpathError(
+            f"{setting}: {path} is not a model folder ({weights} + train.json)" + (f"; {hint}" if hint else "")
+        )
+    return [str(f) for f in files] + [str(folder / name) for name in optional if (folder / name).is_file()]
+
+
 def save_weights(model: torch.nn.Module, path: str | os.PathLike[str], cpu_copy: bool = False) -> str:
     """Save ``model.state_dict()`` atomically (torch.save) and return the file's sha256.
 
