@@ -57,7 +57,7 @@ def main() -> int:
     parser.add_argument("--image", type=Path, help="H&E image to use instead of a demo slide region")
     parser.add_argument("--mpp", type=float, help="µm/px of --image (default: its TIFF tags)")
     parser.add_argument("--size", type=int, nargs=2, default=(3000, 3000), metavar=("W", "H"), help="demo region size in px at the model's µm/px")
-    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--threshold", type=float, help="default: the model's own")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--reps", type=int, default=3)
@@ -73,11 +73,17 @@ def main() -> int:
     from bcpath.engine import choose_device
     from bcpath.proliferation.candidates import find_candidates
     from bcpath.proliferation.cli import detect_file, resolve_model
-    from bcpath.proliferation.mitosis import DetectionParams, detect_in_image, extract_crops, predict_crops
+    from bcpath.proliferation.mitosis import (
+        DetectionParams,
+        detect_in_image,
+        extract_crops,
+        predict_crops,
+    )
 
     torch.set_num_threads(args.threads)
     device = choose_device(args.device)
-    spec, model = resolve_model(args.model, device=str(device))
+    spec, model, own_threshold = resolve_model(args.model, device=str(device))
+    threshold = own_threshold if args.threshold is None else args.threshold
     with tempfile.TemporaryDirectory(prefix="bcpath-bench-", dir=args.tmp) as tmp:
         tmp_dir = Path(tmp)
         if args.image is not None:
@@ -93,7 +99,7 @@ def main() -> int:
             rgb = demo_region(tmp_dir, tuple(args.size), spec.mpp)
             source = f"demo slide region at {spec.mpp} µm/px"
         megapixels = rgb.shape[0] * rgb.shape[1] / 1e6
-        params = DetectionParams(threshold=args.threshold)
+        params = DetectionParams(threshold=threshold)
         candidates = find_candidates(rgb, spec.mpp, params.candidates)
         crops = extract_crops(rgb, candidates["x"].to_numpy(), candidates["y"].to_numpy(), spec.patch_px)
 
@@ -123,7 +129,7 @@ def main() -> int:
                 times[name].append(run(rep))
         if args.image is not None:  # the CLI path on the file itself (reading and resampling included)
             started = time.perf_counter()
-            detect_file(args.image, spec, model, args.mpp, args.threshold)
+            detect_file(args.image, spec, model, args.mpp, threshold)
             cli_seconds: float | None = time.perf_counter() - started
         else:
             cli_seconds = None

@@ -7,7 +7,9 @@
 ``detect`` treats each image as tumor: it is resampled to the model's µm/px, searched for
 candidates, classified, and ``DIR/<stem>.mitoses.csv`` lists x, y (px of the input image),
 probability, atypical_probability. µm/px comes from ``--mpp``, else the TIFF tags; an image
-coarser than the model's µm/px (beyond 10 %) is refused. ``--model`` is a registry id (from
+coarser than the model's µm/px (beyond 10 %) is refused. The threshold on p(mitosis) is the
+model's own (chosen at training, in the train.json beside its weights) unless ``--threshold``
+is given. ``--model`` is a registry id (from
 ``--registry``, default ``models/registry.yaml`` of the current folder or of the bcpath
 checkout), a ``bcpath mitosis train`` output folder, or its best.pt.
 
@@ -55,14 +57,27 @@ def default_registry() -> Path:
     return Path(__file__).resolve().parents[3] / "models" / "registry.yaml"
 
 
-def resolve_model(model: str, registry: str | Path | None = None, device: str | None = None) -> tuple[ModelSpec, torch.nn.Module]:
-    """(spec, loaded model) of a registry id, a ``bcpath mitosis train`` folder or its best.pt."""
-    from bcpath.models.registry import load_model, load_registry
+def recorded_threshold(folder: Path) -> float:
+    """The detection threshold in ``folder/train.json`` (chosen at training), else 0.5."""
+    record_path = folder / "train.json"
+    if record_path.is_file():
+        value = json.loads(record_path.read_text()).get("threshold")
+        if isinstance(value, int | float) and 0 < value < 1:
+            return float(value)
+    return 0.5
+
+
+def resolve_model(model: str, registry: str | Path | None = None, device: str | None = None) -> tuple[ModelSpec, torch.nn.Module, float]:
+    """(spec, loaded model, its detection threshold) of a registry id, a ``bcpath mitosis
+    train`` folder or its best.pt; the threshold is the one train.json beside the weights
+    records (0.5 without one)."""
+    from bcpath.models.registry import load_model, load_registry, weights_file
     from bcpath.proliferation.mitosis_training import load_trained
 
     path = Path(model)
     if path.is_dir() or path.suffix == ".pt":
-        return load_trained(path if path.is_dir() else path.parent, device)
+        folder = path if path.is_dir() else path.parent
+        return (*load_trained(folder, device), recorded_threshold(folder))
     registry_path = Path(registry) if registry else default_registry()
     specs = load_registry(registry_path)
     if model not in specs:
@@ -73,7 +88,8 @@ def resolve_model(model: str, registry: str | Path | None = None, device: str | 
     spec = specs[model]
     if spec.kind != "mitosis_classifier":
         raise BcpathError(f"model {model}: kind {spec.kind}, not mitosis_classifier; give a mitosis model")
-    return spec, load_model(spec, registry_path.parent, device=device)
+    net = load_model(spec, registry_path.parent, device=device)
+    return spec, net, recorded_threshold(weights_file(spec, registry_path.parent).parent)
 
 
 def detect_file(path: Path, spec: ModelSpec, model: torch.nn.Module, mpp: float | None, threshold: float) -> pd.DataFrame:
@@ -107,17 +123,20 @@ def detect_file(path: Path, spec: ModelSpec, model: torch.nn.Module, mpp: float 
 
 
 def detect_files(
-    images: Sequence[str | Path], out: str | Path, model: str, mpp: float | None = None, threshold: float = 0.5,
+    images: Sequence[str | Path], out: str | Path, model: str, mpp: float | None = None, threshold: float | None = None,
     registry: str | Path | None = None, device: str | None = None,
 ) -> list[Path]:
-    """Write ``out/<stem>.mitoses.csv`` for each image; returns the written paths."""
+    """Write ``out/<stem>.mitoses.csv`` for each image; returns the written paths.
+
+    ``threshold`` None = the model's own (train.json beside its weights)."""
     from bcpath.images import image_inputs
     from bcpath.io import atomic_path
 
     paths = image_inputs(images, mpp, OUTPUT_SUFFIX)
-    if not 0.0 < threshold < 1.0:
+    if threshold is not None and not 0.0 < threshold < 1.0:
         raise BcpathError(f"--threshold {threshold}: must be between 0 and 1")
-    spec, net = resolve_model(model, registry, device)
+    spec, net, own_threshold = resolve_model(model, registry, device)
+    threshold = own_threshold if threshold is None else threshold
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -274,7 +293,7 @@ def add_mitosis_subparser(sub: argparse._SubParsersAction) -> None:  # type: ign
     detect.add_argument("--model", default="mitosis_amibr", help="registry id, `bcpath mitosis train` folder or its best.pt (default mitosis_amibr)")
     detect.add_argument("--registry", help="registry YAML (default models/registry.yaml)")
     detect.add_argument("--mpp", type=float, help="µm/px of the images (default: from the TIFF tags)")
-    detect.add_argument("--threshold", type=float, default=0.5, help="p(mitosis) of a detection (default 0.5, the model card's)")
+    detect.add_argument("--threshold", type=float, help="p(mitosis) of a detection (default: the model's, from its train.json; else 0.5)")
     detect.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when available)")
     detect.add_argument("--out", required=True, help="output folder")
     detect.set_defaults(func=_cmd_detect)
