@@ -32,6 +32,9 @@ WIDTH0, HEIGHT0 = 2048, 1536
 SPACING0 = 128  # disc centres every 128 level-0 px = 64 model px: on core borders and window edges
 RADIUS_UM = 4.0
 MASK_MPP = 8.0
+#: 256 px windows at 50 % overlap (segment_slide defaults to the workflow's 512 / 0.25): small tiles
+#: put several seams across the synthetic slide.
+SMALL_TILES = {"tile_px": 256, "overlap": 0.5}
 PINK, PURPLE = (236, 178, 212), (72, 40, 128)
 
 
@@ -116,7 +119,7 @@ def _check_outputs(out: Path, summary: dict, n_expected: int) -> tuple[pd.DataFr
 
 def test_each_planted_disc_found_once_and_whole(synthetic_slide, tmp_path):
     out = tmp_path / "nuclei"
-    summary = segment_slide(synthetic_slide, _full_mask(), MASK_MPP, out, threshold_segmenter, chunk_px=128)
+    summary = segment_slide(synthetic_slide, _full_mask(), MASK_MPP, out, threshold_segmenter, chunk_px=128, **SMALL_TILES)
     centres = _disc_centres()
     features, full = _check_outputs(out, summary, len(centres))
     assert summary["n_tiles"] == 8 * 6
@@ -176,7 +179,7 @@ def test_each_planted_disc_found_once_and_whole(synthetic_slide, tmp_path):
 
 def test_fiji_segmenter_finds_each_disc_once(synthetic_slide, tmp_path):
     out = tmp_path / "nuclei"
-    summary = segment_slide(synthetic_slide, _full_mask(), MASK_MPP, out, "fiji", threads=2)
+    summary = segment_slide(synthetic_slide, _full_mask(), MASK_MPP, out, "fiji", threads=2, **SMALL_TILES)
     centres = _disc_centres()
     features, full = _check_outputs(out, summary, len(centres))
     found = {int(full[min(int((cy + 1) / 2), full.shape[0] - 1), min(int((cx + 1) / 2), full.shape[1] - 1)]) for cx, cy in centres}
@@ -191,7 +194,7 @@ def test_region_mask_restricts_nuclei_and_chunks(synthetic_slide, tmp_path):
     # Region at a different resolution (4 µm/px) than the tissue mask: x < 704, y < 512 level-0 px.
     region = np.zeros((int(HEIGHT0 * MPP0 / 4), int(WIDTH0 * MPP0 / 4)), dtype=bool)
     region[: int(512 * MPP0 / 4), : int(704 * MPP0 / 4)] = True
-    summary = segment_slide(synthetic_slide, _full_mask(), MASK_MPP, out, threshold_segmenter, region_mask=region, chunk_px=128)
+    summary = segment_slide(synthetic_slide, _full_mask(), MASK_MPP, out, threshold_segmenter, region_mask=region, chunk_px=128, **SMALL_TILES)
     features = pd.read_parquet(out / "features.parquet")
     inside = [c for c in _disc_centres() if c[0] < 700 and c[1] < 508]
     assert summary["n_nuclei"] == len(features) > 0
@@ -207,7 +210,7 @@ def test_region_mask_restricts_nuclei_and_chunks(synthetic_slide, tmp_path):
 
 def test_no_tissue_gives_empty_outputs(synthetic_slide, tmp_path):
     out = tmp_path / "nuclei"
-    summary = segment_slide(synthetic_slide, np.zeros_like(_full_mask()), MASK_MPP, out, threshold_segmenter)
+    summary = segment_slide(synthetic_slide, np.zeros_like(_full_mask()), MASK_MPP, out, threshold_segmenter, **SMALL_TILES)
     assert summary["n_nuclei"] == 0 and summary["n_tiles"] == 0
     features = pd.read_parquet(out / "features.parquet")
     assert len(features) == 0 and list(features.columns) == list(FEATURE_COLUMNS)
@@ -239,7 +242,7 @@ def test_plan_tiles_and_segmenter_lookup():
 
 def test_bad_segmenter_output_is_a_clear_error(synthetic_slide, tmp_path):
     with pytest.raises(BcpathError, match="segmenter returned"):
-        segment_slide(synthetic_slide, _full_mask(), MASK_MPP, tmp_path / "n", lambda rgb, mpp: rgb[..., 0].astype(float))
+        segment_slide(synthetic_slide, _full_mask(), MASK_MPP, tmp_path / "n", lambda rgb, mpp: rgb[..., 0].astype(float), **SMALL_TILES)
     assert not (tmp_path / "n" / "features.parquet").exists() and not (tmp_path / "n" / "labels.zarr").exists()
 
 
@@ -306,7 +309,7 @@ def test_real_slide_fiji(require_shared, tmp_path, capsys):
     with open_slide(path) as slide:
         mask = detect_tissue(slide.thumbnail(MASK_MPP), MASK_MPP, TissueParams())
         started = time.perf_counter()
-        summary = segment_slide(slide, mask, MASK_MPP, tmp_path / "nuclei", "fiji")
+        summary = segment_slide(slide, mask, MASK_MPP, tmp_path / "nuclei", "fiji", **SMALL_TILES)
         seconds = time.perf_counter() - started
     features = pd.read_parquet(tmp_path / "nuclei" / "features.parquet")
     with capsys.disabled():

@@ -84,11 +84,11 @@ def load_stage1_model(registry_path: str | os.PathLike[str], model_id: str, weig
 def train_patch_classifier_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
     """Rule train_patch_classifier: sample sheet + annotations → best.pt, train.json, log.csv."""
     from bcpath.erpr.training import TrainConfig, train_patch_classifier
+    from bcpath.settings import from_params
 
     spec = model_spec(params.registry, params.model_id)
-    settings = dict(params.training)
-    pretrained = settings.pop("pretrained", None)
-    config = TrainConfig(threads=threads, **settings)
+    pretrained = dict(params.training).get("pretrained")
+    config = from_params(TrainConfig, params.training, threads=threads)
     result = train_patch_classifier(
         spec, input.samples, params.biomarker, Path(output.weights).parent, config,
         pretrained_path=pretrained, progress=True,

@@ -78,7 +78,9 @@ LOG_COLUMNS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training parameters of :func:`train_patch_classifier`.
+    """Training parameters of :func:`train_patch_classifier`: config section ``erpr.training``
+    (its ``pretrained`` is the step's ``pretrained_path``) plus the job's resources; defaults =
+    the config schema's.
 
     Attributes:
         epochs: most epochs to run.
@@ -86,7 +88,7 @@ class TrainConfig:
         lr: AdamW learning rate (constant).
         weight_decay: AdamW decoupled weight decay.
         patience: early stopping: stop once more than this many epochs in a row brought no
-            new lowest tune loss (3: the 4th such epoch is the last; 0 = stop at the first
+            new lowest tune loss (2: the 3rd such epoch is the last; 0 = stop at the first
             epoch that does not improve); ``bcpath.engine.fit(patience_exceeded=True)``.
         patches_per_class_per_slide: patches drawn per class per slide, train and tune.
         seed: seeds patch sampling, model initialisation, augmentation and batch order.
@@ -98,12 +100,12 @@ class TrainConfig:
         augment: augment training patches (flips, 90° rotations, colour jitter).
     """
 
-    epochs: int = 10
+    epochs: int = 6
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    patience: int = 3
-    patches_per_class_per_slide: int = 64
+    patience: int = 2
+    patches_per_class_per_slide: int = 16
     seed: int = 0
     num_workers: int | None = None
     device: str | None = None

@@ -60,6 +60,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +89,30 @@ NORMALISATION = "inputs: I_la x mask in [0, 1] (0 outside the mask), resized to 
 
 #: One training core: (sini, siti, reference H-Score, core id).
 Core = tuple[np.ndarray, np.ndarray, float, Any]
+
+
+@dataclass(frozen=True)
+class RamcnnSettings:
+    """Config section ``ihc.ramcnn`` (rule train_ramcnn); defaults = the config schema's and
+    :func:`train_ramcnn`'s. ``enabled`` is the rule files' switch, not a field.
+
+    Attributes:
+        size: network input side (>= 64).
+        epochs, batch_size, lr, n_dla_labels, dla_sigma: :func:`train_ramcnn`.
+        folds_k: cores held out per cross-validation fold.
+        seed: seeds CV folds and training.
+        device: None = CUDA when available.
+    """
+
+    size: int = 128
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 1e-3
+    n_dla_labels: int = 4
+    dla_sigma: float = PAPER_DLA_SIGMA
+    folds_k: int = 5
+    seed: int = 0
+    device: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,12 +375,12 @@ def dla_labels(reference: float, n: int, sigma: float, rng: np.random.Generator)
 def train_ramcnn(
     cores: Sequence[Core],
     *,
-    epochs: int = 30,
-    batch_size: int = 8,
-    lr: float = 1e-3,
-    n_dla_labels: int = 10,
-    dla_sigma: float = PAPER_DLA_SIGMA,
-    size: int = 256,
+    epochs: int = RamcnnSettings.epochs,
+    batch_size: int = RamcnnSettings.batch_size,
+    lr: float = RamcnnSettings.lr,
+    n_dla_labels: int = RamcnnSettings.n_dla_labels,
+    dla_sigma: float = RamcnnSettings.dla_sigma,
+    size: int = RamcnnSettings.size,
     seed: int = 0,
     device: str | None = None,
     width: int = 16,
@@ -692,24 +717,23 @@ def load_training_cores(table_path: str | os.PathLike[str]) -> tuple[list[Core],
 def train_ramcnn_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
     """Rule train_ramcnn: leave-k-out CV, then a model on all cores.
 
-    input.cores: cores table (see :func:`load_training_cores`). params.ramcnn: dict with size,
-    epochs, batch_size, lr, n_dla_labels, dla_sigma (H-Score points), folds_k (5), seed,
-    optional device. Outputs: output.model (directory: ramcnn.pt, ramcnn.json), output.cv (CSV:
+    input.cores: cores table (see :func:`load_training_cores`). params.ramcnn: config section
+    ``ihc.ramcnn`` (:class:`RamcnnSettings`; dla_sigma in H-Score points). Outputs: output.model (directory: ramcnn.pt, ramcnn.json), output.cv (CSV:
     slide_id, core_id, fold, reference, predicted), output.metrics (JSON: MAE, SD, r, ...).
     """
     from bcpath.io import atomic_dir, atomic_path, write_json
+    from bcpath.settings import from_params
 
-    settings = dict(params.ramcnn)
-    k = int(settings.get("folds_k", 5))
-    seed = int(settings.get("seed", 0))
+    settings = from_params(RamcnnSettings, params.ramcnn)
+    k, seed = settings.folds_k, settings.seed
     train_kwargs: dict[str, Any] = {
-        "epochs": int(settings.get("epochs", 30)),
-        "batch_size": int(settings.get("batch_size", 8)),
-        "lr": float(settings.get("lr", 1e-3)),
-        "n_dla_labels": int(settings.get("n_dla_labels", 10)),
-        "dla_sigma": float(settings.get("dla_sigma", PAPER_DLA_SIGMA)),
-        "size": int(settings.get("size", 256)),
-        "device": settings.get("device"),
+        "epochs": settings.epochs,
+        "batch_size": settings.batch_size,
+        "lr": settings.lr,
+        "n_dla_labels": settings.n_dla_labels,
+        "dla_sigma": settings.dla_sigma,
+        "size": settings.size,
+        "device": settings.device,
     }
     cores, ids, skipped = load_training_cores(input.cores)
     if len(cores) < 2 * k:

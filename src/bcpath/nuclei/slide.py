@@ -70,9 +70,29 @@ logger = logging.getLogger(__name__)
 #: 6-10 µm wide are a few pixels there, and upsampling cannot restore their outlines.
 MAX_UPSAMPLING = 2.0
 
+
+@dataclass(frozen=True)
+class SegmentationSettings:
+    """Config section ``nuclei`` as slide segmentation uses it; defaults = the config schema's.
+
+    Attributes:
+        model: segmenter name or model folder (:func:`get_segmenter`).
+        mpp: µm/px the segmenter works at.
+        tile_px: window edge in model px.
+        overlap: fraction shared by neighbouring windows.
+        tta: a U-Net predicts with test-time augmentation.
+    """
+
+    model: str = "fiji"
+    mpp: float = 0.5
+    tile_px: int = 512
+    overlap: float = 0.25
+    tta: bool = False
+
 __all__ = [
     "FEATURE_COLUMNS",
     "NUCLEUS_COLOR",
+    "SegmentationSettings",
     "Segmenter",
     "SlideTiling",
     "get_segmenter",
@@ -626,12 +646,12 @@ def segment_slide(
     tissue_mask: NDArray[np.bool_] | str | os.PathLike[str],
     mask_mpp: float,
     out_dir: str | os.PathLike[str] | None = None,
-    segmenter: str | Segmenter = "fiji",
+    segmenter: str | Segmenter = SegmentationSettings.model,
     *,
-    tta: bool = False,
-    model_mpp: float = 0.5,
-    tile_px: int = 256,
-    overlap: float = 0.5,
+    tta: bool = SegmentationSettings.tta,
+    model_mpp: float = SegmentationSettings.mpp,
+    tile_px: int = SegmentationSettings.tile_px,
+    overlap: float = SegmentationSettings.overlap,
     region_mask: NDArray[np.bool_] | None = None,
     labels_path: str | os.PathLike[str] | None = None,
     geojson_path: str | os.PathLike[str] | None = None,
@@ -787,20 +807,21 @@ def segment_nuclei_step(input: Any, output: Any, params: Any, threads: int = 1, 
     """Rule segment_nuclei (see workflow_scripts/segment_nuclei.py).
 
     input: slide, info (info.json), mask (tissue/mask.png), qc (tissue/qc.json), optional
-    region (a whole-slide PNG mask intersected with the tissue). params: nuclei (dict: model,
-    mpp, tile_px, overlap; optional chunk_px), failure_record. output: labels (labels.zarr),
-    geojson (nuclei.geojson), features (features.parquet).
+    region (a whole-slide PNG mask intersected with the tissue). params: nuclei (config
+    section ``nuclei``: :class:`SegmentationSettings`), failure_record. output: labels
+    (labels.zarr), geojson (nuclei.geojson), features (features.parquet).
     """
     from bcpath.pipeline import open_from_info
+    from bcpath.settings import from_params
     from bcpath.tissue import mask_mpp_from_qc, read_mask
 
-    config = dict(_param(params, "nuclei", None) or {})
+    settings = from_params(SegmentationSettings, _param(params, "nuclei", None))
     qc = json.loads(Path(input.qc).read_text())
     mask = read_mask(input.mask)
     region_path = _param(input, "region", None)
     region = read_mask(region_path) if region_path else None
     with open_from_info(input.info, input.slide) as slide:
-        model_mpp = float(config.get("mpp", 0.5))
+        model_mpp = settings.mpp
         if slide.mpp > MAX_UPSAMPLING * model_mpp:
             raise BcpathError(
                 f"slide {slide.slide_id}: scanned at {slide.mpp:g} µm/px, too coarse to segment nuclei at "
@@ -811,16 +832,15 @@ def segment_nuclei_step(input: Any, output: Any, params: Any, threads: int = 1, 
             slide,
             mask,
             mask_mpp_from_qc(qc),
-            segmenter=config.get("model", "fiji"),
-            tta=bool(config.get("tta", False)),
-            model_mpp=float(config.get("mpp", 0.5)),
-            tile_px=int(config.get("tile_px", 256)),
-            overlap=float(config.get("overlap", 0.5)),
+            segmenter=settings.model,
+            tta=settings.tta,
+            model_mpp=settings.mpp,
+            tile_px=settings.tile_px,
+            overlap=settings.overlap,
             region_mask=region,
             labels_path=output.labels,
             geojson_path=output.geojson,
             features_path=output.features,
-            chunk_px=int(config.get("chunk_px", 512)),
             threads=max(1, int(threads or 1)),
         )
     logger.info("slide %s: nuclei summary %s", slide.slide_id, json.dumps(summary))

@@ -78,6 +78,7 @@ __all__ = [
     "THRESHOLDS",
     "TILE",
     "NucleiModel",
+    "NucleiTrainSettings",
     "NucleiTileDataset",
     "PreparedImage",
     "augment_tile",
@@ -128,6 +129,28 @@ TCGA_TSS_ORGAN: dict[str, str] = {
 }  # fmt: skip
 DEFAULT_VAL_ORGANS: tuple[str, ...] = ("brain", "bladder")
 DEFAULT_VAL_NAMES: tuple[str, ...] = ("image03", "image12")
+
+
+@dataclass(frozen=True)
+class NucleiTrainSettings:
+    """Config section ``nuclei.training`` (the workflow's train_nuclei_model rule); defaults =
+    the config schema's. (:func:`train_nuclei_model`'s own keyword defaults are the shipped
+    model's recipe, as ``bcpath nuclei train``.) ``data`` is the rule's input, not a field."""
+
+    encoder: str = "plain"
+    pretrained_encoder: str | None = None
+    init_from: str | None = None
+    target_stain: str = "he"
+    epochs: int = 40
+    batch_size: int = 4
+    lr: float = 1e-3
+    patience: int = 8
+    max_minutes: float | None = None
+    val_organs: tuple[str, ...] = ("bladder", "brain")
+    val_names: tuple[str, ...] = DEFAULT_VAL_NAMES
+    plain_base: int = 16
+    seed: int = 0
+    device: str | None = None
 
 
 # --------------------------------------------------------------------------- data
@@ -908,31 +931,33 @@ def _initialise_from(
 
 def train_nuclei_model_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
     """Rule train_nuclei_model: dataset folders → results/models/nuclei/{best.pt, last.pt, train.json, log.csv, stain.json}."""
-    settings = dict(params.training)
+    from bcpath.settings import from_params
+
+    settings = from_params(NucleiTrainSettings, params.training)
     folders = list(input.data)
     if not folders:
         raise BcpathError(
             "train_nuclei_model: nuclei.training.data lists no dataset folder; give MoNuSeg- or "
             "CPM-15-layout folders, e.g. --config nuclei='{training: {data: [/data/monuseg]}}'"
         )
-    device = choose_device(settings.get("device"))
+    device = choose_device(settings.device)
     with torch_threads(threads, device):
         train_nuclei_model(
             folders,
             Path(output.weights).parent,
-            encoder=str(settings["encoder"]),
-            pretrained_encoder=settings.get("pretrained_encoder"),
-            init_from=settings.get("init_from"),
-            target_stain=str(settings.get("target_stain", "he")),
-            epochs=int(settings["epochs"]),
-            batch_size=int(settings["batch_size"]),
-            lr=float(settings["lr"]),
-            patience=int(settings["patience"]),
-            max_minutes=settings.get("max_minutes"),
-            val_organs=tuple(settings["val_organs"]),
-            val_names=tuple(settings["val_names"]),
-            plain_base=int(settings["plain_base"]),
-            seed=int(settings["seed"]),
+            encoder=settings.encoder,
+            pretrained_encoder=settings.pretrained_encoder,
+            init_from=settings.init_from,
+            target_stain=settings.target_stain,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            patience=settings.patience,
+            max_minutes=settings.max_minutes,
+            val_organs=settings.val_organs,
+            val_names=settings.val_names,
+            plain_base=settings.plain_base,
+            seed=settings.seed,
             model_mpp=float(params.mpp),
             device=str(device),
         )
