@@ -7,11 +7,25 @@ from snakemake.exceptions import WorkflowError
 
 from bcpath.cohort import load_cohort, optional_value
 from bcpath.errors import BcpathError
-from bcpath.workflow import FinishedJob, clear_finished_jobs, collect_failures, record_failed_jobs, write_partial_table
+from bcpath.workflow import (
+    FinishedJob,
+    clear_finished_jobs,
+    collect_failures,
+    record_failed_jobs,
+    step_code_version,
+    write_partial_table,
+)
 
 DEMO_DIR = "results/demo_cohort"
 DEMO_TMA_ID = "tma_ihc_01"  # bcpath.demo.tma.TMA_SLIDE_ID (that module imports numpy: not at parse time)
 IS_DEMO = not (config.get("cohort") or config.get("samples"))
+
+
+def step_code(script):
+    """A rule's params entry `code`: the version of the bcpath code behind workflow_scripts/<script>.py
+    (bcpath.workflow.step_code_version). Snakemake reruns jobs whose params changed, so upgrading
+    bcpath reruns the rules whose code changed; unchanged code gives the same value every parse."""
+    return step_code_version(os.path.join(workflow.basedir, "workflow_scripts", f"{script}.py"))
 
 
 def _demo_table():

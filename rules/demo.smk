@@ -20,6 +20,7 @@ rule make_demo_cohort:
     benchmark:
         "benchmarks/make_demo_cohort/demo.tsv"
     params:
+        code=step_code("make_demo_cohort"),
         n_slides=config["demo"]["n_slides"],
         seed=config["demo"]["seed"],
         tma=config["demo"]["tma"],

@@ -23,6 +23,7 @@ rule train_patch_classifier:
     benchmark:
         "benchmarks/train_patch_classifier/{model}.tsv"
     params:
+        code=step_code("train_patch_classifier"),
         registry=REGISTRY_PATH,
         model_id=lambda wildcards: wildcards.model,
         biomarker=lambda wildcards: MODEL_BIOMARKER[wildcards.model],
@@ -53,6 +54,7 @@ rule predict_patches:
     benchmark:
         "benchmarks/predict_patches/{slide}.{model}.tsv"
     params:
+        code=step_code("predict_patches"),
         registry=REGISTRY_PATH,
         model_id=lambda wildcards: wildcards.model,
         inference=ERPR["inference"],
@@ -89,6 +91,7 @@ rule render_heatmaps:
     log:
         "logs/render_heatmaps/{slide}.{model}.log",
     params:
+        code=step_code("render_heatmaps"),
         geojson_threshold=ERPR["heatmaps"]["geojson_threshold"],
         failure_record=lambda wildcards: f"results/cohort/failures/{wildcards.slide}.render_heatmaps.{wildcards.model}.json",
     threads: 1
@@ -111,6 +114,7 @@ rule train_stage2:
     log:
         "logs/train_stage2/{biomarker}.log",
     params:
+        code=step_code("train_stage2"),
         biomarker=lambda wildcards: wildcards.biomarker,
         stage2=ERPR["stage2"],
     threads: 1
@@ -140,6 +144,7 @@ rule evaluate_stage2:
     log:
         "logs/evaluate_stage2/{biomarker}.log",
     params:
+        code=step_code("evaluate_stage2"),
         biomarker=lambda wildcards: wildcards.biomarker,
         evaluation=ERPR["evaluation"],
     threads: 1
@@ -177,6 +182,7 @@ rule interpret_smoothgrad:
     log:
         "logs/interpret_smoothgrad/{biomarker}.log",
     params:
+        code=step_code("interpret_smoothgrad"),
         registry=REGISTRY_PATH,
         model_id=lambda wildcards: ERPR_ACTIVE[wildcards.biomarker],
         interpret=ERPR["interpret"],
@@ -209,6 +215,7 @@ rule interpret_clusters:
     log:
         "logs/interpret_clusters/cohort.log",
     params:
+        code=step_code("interpret_clusters"),
         registry=REGISTRY_PATH,
         model_id=ERPR_ACTIVE.get(ERPR["interpret"]["embedding_biomarker"]),
         models=ERPR_ACTIVE,
@@ -235,6 +242,7 @@ rule interpret_tcav:
     log:
         "logs/interpret_tcav/{biomarker}.log",
     params:
+        code=step_code("interpret_tcav"),
         registry=REGISTRY_PATH,
         model_id=lambda wildcards: ERPR_ACTIVE[wildcards.biomarker],
         interpret=ERPR["interpret"],

@@ -13,6 +13,7 @@ rule dearray_tma:
     log:
         "logs/dearray_tma/{slide}.log",
     params:
+        code=step_code("dearray_tma"),
         ihc=IHC,
         mask_mpp=config["tissue"]["mask_mpp"],
         core_map=sheet_value("core_map"),
@@ -47,6 +48,7 @@ rule score_tma:
     benchmark:
         "benchmarks/score_tma/{slide}.tsv"
     params:
+        code=step_code("score_tma"),
         ihc=IHC,
         annotations=sheet_value("annotations"),
         min_blur_score=config["qc"]["min_blur_score"],
@@ -75,6 +77,7 @@ rule collect_ihc_cores:
     log:
         "logs/collect_ihc_cores/cohort.log",
     params:
+        code=step_code("collect_ihc_cores"),
         core_scores={s: optional_value(SAMPLES, s, "core_scores") for s in IHC_SLIDES},
     threads: 1
     resources:
@@ -98,6 +101,7 @@ rule train_ramcnn:
     benchmark:
         "benchmarks/train_ramcnn/cohort.tsv"
     params:
+        code=step_code("train_ramcnn"),
         ramcnn=RAMCNN,
     # one thread: on 2 busy cores, 2 intra-op threads ran 20x slower (oversubscription); CUDA when present
     threads: 1
@@ -124,6 +128,8 @@ rule aggregate_hscore:
         ),
     log:
         "logs/aggregate_hscore/cohort.log",
+    params:
+        code=step_code("aggregate_hscore"),
     threads: 1
     resources:
         mem_mb=2000,

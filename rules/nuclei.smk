@@ -15,6 +15,7 @@ rule nuclei_tumor_region:
     log:
         "logs/nuclei_tumor_region/{slide}.log",
     params:
+        code=step_code("nuclei_tumor_region"),
         threshold=NUCLEI["tumor_threshold"],
         failure_record=failure_record("nuclei_tumor_region"),
     threads: 1
@@ -44,6 +45,7 @@ rule segment_nuclei:
     benchmark:
         "benchmarks/segment_nuclei/{slide}.tsv"
     params:
+        code=step_code("segment_nuclei"),
         nuclei=NUCLEI,
         failure_record=failure_record("segment_nuclei"),
     # tiles are read and segmented in a thread pool (OpenCV/scipy release the GIL)
@@ -71,6 +73,7 @@ rule train_nuclei_model:
     benchmark:
         "benchmarks/train_nuclei_model/nuclei.tsv"
     params:
+        code=step_code("train_nuclei_model"),
         training=NUCLEI["training"],
         mpp=NUCLEI["mpp"],
     # one thread on CPU (two oversubscribe a 2-core machine); CUDA when present
@@ -94,6 +97,7 @@ rule evaluate_nuclei:
     log:
         "logs/evaluate_nuclei/nuclei.log",
     params:
+        code=step_code("evaluate_nuclei"),
         model=NUCLEI["model"],
     threads: 1
     resources:

@@ -9,6 +9,7 @@ rule inspect_slide:
     log:
         "logs/inspect_slide/{slide}.log",
     params:
+        code=step_code("inspect_slide"),
         slide_id=lambda wildcards: wildcards.slide,
         mpp=sheet_value("mpp"),
         stain=sheet_value("stain"),
@@ -41,6 +42,7 @@ rule detect_tissue:
     benchmark:
         "benchmarks/detect_tissue/{slide}.tsv"
     params:
+        code=step_code("detect_tissue"),
         tissue=config["tissue"],
         qc=config["qc"],
         user_mask=sheet_value("tissue_mask"),
@@ -71,6 +73,7 @@ rule tile_slide:
     benchmark:
         "benchmarks/tile_slide/{slide}.tsv"
     params:
+        code=step_code("tile_slide"),
         tiling=config["tiling"],
         failure_record=failure_record("tile_slide"),
     # decode (OpenSlide) and resize (OpenCV) release the GIL: reads run in parallel threads
@@ -93,6 +96,8 @@ rule aggregate_qc:
         csv="results/cohort/qc.csv",
     log:
         "logs/aggregate_qc/cohort.log",
+    params:
+        code=step_code("aggregate_qc"),
     threads: 1
     resources:
         mem_mb=1000,

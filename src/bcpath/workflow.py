@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import functools
 import importlib
 import json
 import logging
@@ -133,6 +134,139 @@ def guard_job_processes() -> bool:
         pass
     atexit.register(lambda: os.write(write_end, b"d"))
     return True
+
+
+def step_target(script: str | os.PathLike[str]) -> str:
+    """The ``"module:function"`` a rule script hands to :func:`run_rule`.
+
+    Raises:
+        ValueError: the script names no step with ``run_rule(snakemake, "module:function")``.
+    """
+    import re
+
+    text = Path(script).read_text()
+    found = re.search(r"""run_rule\(\s*snakemake\s*,\s*["']([\w.]+:\w+)["']""", text)
+    if found is None:
+        raise ValueError(f"{script}: no run_rule(snakemake, \"module:function\") call")
+    return found.group(1)
+
+
+def module_source_file(module: str, package_root: str | os.PathLike[str] | None = None) -> Path:
+    """The source file of a bcpath module, found without importing it (parse time stays fast)."""
+    root = Path(package_root) if package_root is not None else Path(__file__).resolve().parent
+    parts = module.split(".")
+    if parts[0] != root.name:
+        raise ValueError(f"{module}: not a module of {root.name}")
+    base = root.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    raise ValueError(f"{module}: no source file under {root}")
+
+
+def _bcpath_imports(tree: Any, root: Path) -> set[str]:
+    """bcpath modules imported anywhere in ``tree`` (``from bcpath.x import y``: bcpath.x, and
+    bcpath.x.y when that is a module)."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for name in names:
+            if name.split(".")[0] != root.name:
+                continue
+            try:
+                module_source_file(name, root)
+            except ValueError:
+                continue
+            found.add(name)
+    return found
+
+
+def _strip_docstrings(tree: Any) -> Any:
+    import ast
+
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+@functools.cache
+def _module_code(path: str, root: str, stamp: tuple[int, int]) -> tuple[str, frozenset[str]]:
+    """(sha256 of the module's syntax tree without docstrings — comments, formatting and
+    documentation do not count as a code change —, bcpath modules it imports anywhere).
+    Cached per file state (``stamp``: mtime_ns, size)."""
+    import ast
+    import hashlib
+
+    tree = ast.parse(Path(path).read_bytes())
+    imports = frozenset(_bcpath_imports(tree, Path(root)))
+    return hashlib.sha256(ast.dump(_strip_docstrings(tree)).encode()).hexdigest(), imports
+
+
+def step_code_version(script: str | os.PathLike[str], package_root: str | os.PathLike[str] | None = None) -> str:
+    """A rule's code version: changes when the library code behind the rule changes.
+
+    The step the rule's script runs (:func:`step_target`) and every bcpath module it can reach:
+    the step's module, the modules that module imports at its top and that the step function
+    and the functions and classes of its module it uses import, then everything those import
+    (anywhere in them), transitively: a steps module's other steps do not count. The version is
+    the sha256 (first 16 hex digits) of bcpath's version and those modules' code, comments and
+    docstrings left out.
+
+    A rule gives it as a ``params`` entry. Snakemake reruns a job whose params changed (its
+    default rerun triggers include params), so upgrading bcpath reruns the rules whose code
+    changed (all of them when the version changes) and no other. It is the same on every
+    parse while the code is unchanged: a normal rerun recomputes nothing.
+    """
+    import ast
+    import hashlib
+
+    from bcpath import __version__
+
+    root = Path(package_root) if package_root is not None else Path(__file__).resolve().parent
+
+    def code(name: str) -> tuple[str, frozenset[str]]:
+        path = module_source_file(name, root)
+        info = path.stat()
+        return _module_code(str(path), str(root), (info.st_mtime_ns, info.st_size))
+
+    module, _, function = step_target(script).partition(":")
+    tree = ast.parse(module_source_file(module, root).read_bytes())
+    top = ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])
+    # The step function and the functions/classes of its module that it uses, transitively.
+    defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    used: set[str] = set()
+    todo = [function]
+    while todo:
+        name = todo.pop()
+        if name in defs and name not in used:
+            used.add(name)
+            todo += [n.id for n in ast.walk(defs[name]) if isinstance(n, ast.Name) and n.id in defs]
+    reached = {module: code(module)[0]}
+    pending = _bcpath_imports(top, root).union(*(_bcpath_imports(defs[name], root) for name in used))
+    while pending:
+        name = pending.pop()
+        if name not in reached:
+            digest, imports = code(name)
+            reached[name] = digest
+            pending |= imports - set(reached)
+    version = hashlib.sha256(f"bcpath {__version__}\n{module}:{function}\n".encode())
+    for name in sorted(reached):
+        version.update(f"{name} {reached[name]}\n".encode())
+    return version.hexdigest()[:16]
 
 
 def run_rule(snakemake: Any, step: str | Callable[..., Any]) -> None:
