@@ -21,7 +21,6 @@ torch = pytest.importorskip("torch")
 from shapely.geometry import box, shape  # noqa: E402
 
 from bcpath.demo.cohort import make_demo_slide  # noqa: E402
-from bcpath.demo.labels import region_label  # noqa: E402
 from bcpath.erpr.sampling import (  # noqa: E402
     LABEL_ORDER,
     MIN_INSIDE_FRACTION,
@@ -29,6 +28,7 @@ from bcpath.erpr.sampling import (  # noqa: E402
     sample_patch_positions,
 )
 from bcpath.geojson import read_geojson  # noqa: E402
+from bcpath.labels import region_label  # noqa: E402
 from bcpath.wsi.reader import open_slide  # noqa: E402
 
 SMALL = (2400, 1800)

@@ -8,7 +8,7 @@ feature to the label of one biomarker.
 
 Modules: ``painting`` (stain-density drawing primitives), ``phenotypes`` (phenotype registry
 and tumor painters), ``scene`` (slide composition), ``writer`` (files), ``cohort`` (labels,
-orchestration), ``labels`` (annotation classes).
+orchestration), annotation classes: :mod:`bcpath.labels`.
 """
 
 from bcpath.demo.cohort import (
@@ -18,7 +18,7 @@ from bcpath.demo.cohort import (
     make_demo_cohort,
     plan_slide,
 )
-from bcpath.demo.labels import BIOMARKERS, NON_TUMOR, region_label, tumor_class
+from bcpath.labels import BIOMARKERS, NON_TUMOR, region_label, tumor_class
 
 __all__ = [
     "BIOMARKERS",

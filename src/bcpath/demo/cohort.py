@@ -5,7 +5,7 @@ Layout written under ``out_dir``::
     samples.tsv                       sample sheet (paths relative to out_dir)
     cohort.json                       seed, generator version, one record per slide
     slides/{slide_id}.tiff            pyramidal tiled JPEG TIFF, 0.5 µm/px, H&E
-    annotations/{slide_id}.geojson    QuPath region annotations (see bcpath.demo.labels)
+    annotations/{slide_id}.geojson    QuPath region annotations (see bcpath.labels)
     truth/{slide_id}.nuclei.csv       every planted nucleus (x, y, radius_um, kind, ...)
     truth/{slide_id}.mitoses.csv      planted mitotic figures (x, y)
 
@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bcpath.demo.labels import BIOMARKERS
 from bcpath.io import atomic_path, write_json
+from bcpath.labels import BIOMARKERS
 
 logger = logging.getLogger(__name__)
 

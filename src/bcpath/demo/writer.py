@@ -13,11 +13,11 @@ import numpy as np
 import shapely
 from shapely.geometry import mapping
 
-from bcpath.demo.labels import BIOMARKERS, NEGATIVE_COLOR, NON_TUMOR, POSITIVE_COLOR, tumor_class
 from bcpath.demo.painting import NucleusLog, polygons_of
 from bcpath.demo.scene import Layout
 from bcpath.geojson import feature, write_geojson
 from bcpath.io import atomic_path
+from bcpath.labels import BIOMARKERS, NEGATIVE_COLOR, NON_TUMOR, POSITIVE_COLOR, tumor_class
 
 TILE_SIZE = 256
 JPEG_QUALITY = 90
@@ -66,7 +66,7 @@ def write_slide_tiff(
 
 
 def region_features(layout: Layout, status: dict[str, str]) -> list[dict[str, Any]]:
-    """QuPath annotation features for one slide's regions (see ``bcpath.demo.labels``).
+    """QuPath annotation features for one slide's regions (see ``bcpath.labels``).
 
     Args:
         layout: region polygons in level-0 px.

@@ -121,7 +121,7 @@ def label_patches(
     Args:
         features: QuPath GeoJSON features of the slide (region annotations).
         biomarker: "ER", "PR" or "HER2" (which tumor classes count, see
-            :func:`bcpath.demo.labels.region_label`).
+            :func:`bcpath.labels.region_label`).
         x0, y0: (N,) level-0 px of the patches' top-left corners.
         patch_level0_px: patch side in level-0 px.
 

@@ -1,7 +1,7 @@
 """Training patches for stage 1 of ER/PR/HER2: positions inside QuPath regions, and a dataset.
 
 Labels (Gamble et al. 2021): a region feature gives, for one biomarker, the label
-``bcpath.demo.region_label(feature, biomarker)`` ("positive", "negative", "non-tumor" or None
+``bcpath.labels.region_label(feature, biomarker)`` ("positive", "negative", "non-tumor" or None
 = skip); ``LABEL_ORDER`` maps those to the model's class indices 0, 1, 2
 (biomarker-positive tumor, biomarker-negative tumor, non-tumor), the order of the ``p_0..p_2``
 columns of ``predictions/{model}.parquet``.
@@ -61,7 +61,7 @@ def _class_geometries(features: Sequence[dict[str, Any]], biomarker: str, classe
     import shapely
     from shapely.geometry import shape
 
-    from bcpath.demo.labels import region_label
+    from bcpath.labels import region_label
 
     parts: list[list[Any]] = [[] for _ in classes]
     for feat in features:
@@ -102,7 +102,7 @@ def sample_patch_positions(
         features: QuPath GeoJSON features of the slide (``bcpath.geojson.read_geojson``),
             level-0 px.
         biomarker: "ER", "PR" or "HER2"; picks the label of each feature via
-            ``bcpath.demo.region_label``.
+            ``bcpath.labels.region_label``.
         classes: region labels in model class order (default ``LABEL_ORDER``); the output
             ``label`` is the index in this sequence.
         n_per_class: patches wanted per class. A class without regions gives none; a class

@@ -67,12 +67,12 @@ import pandas as pd
 
 from bcpath.errors import BcpathError
 from bcpath.io import write_json
+from bcpath.labels import BIOMARKERS
 
 log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
 
-BIOMARKERS: tuple[str, ...] = ("ER", "PR", "HER2")
 CLASS_ORDER: tuple[str, str, str] = (
     "positive invasive carcinoma",
     "negative invasive carcinoma",

@@ -2,7 +2,7 @@
 
 Data: slides of the sample sheet with ``split == "train"`` give the training patches, those
 with ``split == "tune"`` the validation patches; ``test`` slides are never read. Each slide
-needs an ``annotations`` GeoJSON (QuPath regions, classes as in :mod:`bcpath.demo.labels`).
+needs an ``annotations`` GeoJSON (QuPath regions, classes as in :mod:`bcpath.labels`).
 Patches are drawn once, before the first epoch, with
 :func:`bcpath.erpr.sampling.sample_patch_positions`: ``patches_per_class_per_slide`` per class
 per slide (fewer where a class's regions are small), from ``numpy.random.default_rng((seed,

@@ -1,6 +1,9 @@
-"""Annotation classes of the demo cohort and how to read them back.
+"""Annotation classes of ER/PR/HER2 region annotations (QuPath GeoJSON) and how to read them.
 
-Every tumor region is written once per biomarker, with class ``f"{B}-positive tumor"`` or
+The classes training reads (:mod:`bcpath.erpr.sampling`) and the demo cohort writes
+(:mod:`bcpath.demo`); production code imports them from here, not from the demo package.
+
+In the demo cohort every tumor region is written once per biomarker, with class ``f"{B}-positive tumor"`` or
 ``f"{B}-negative tumor"`` (B in ``BIOMARKERS``); the three features of one region share the
 geometry and the name ``"tumor {k}"``. Everything else in the tissue is written once with
 class ``"non-tumor"`` and a name saying what it is (``"stroma"``, ``"fat"``,
