@@ -72,6 +72,7 @@ rule train_tumor_locnet:
     benchmark:
         f"benchmarks/train_tumor_locnet/{LOCNET_ID}.tsv"
     params:
+        code=step_code("train_tumor_locnet"),
         registry=PROLIF_REGISTRY_PATH,
         model_id=LOCNET_ID,
         tumor_classes=PROLIF["tumor_classes"],
@@ -110,6 +111,7 @@ rule locate_tumor:
     benchmark:
         "benchmarks/locate_tumor/{slide}.tsv"
     params:
+        code=step_code("locate_tumor"),
         source=PROLIF["tumor"],
         registry=PROLIF_REGISTRY_PATH,
         model_id=LOCNET_ID,
@@ -138,6 +140,7 @@ rule train_mitosis_model:
     benchmark:
         f"benchmarks/train_mitosis_model/{MITOSIS_ID}.tsv"
     params:
+        code=step_code("train_mitosis_model"),
         registry=PROLIF_REGISTRY_PATH,
         model_id=MITOSIS_ID,
         tumor_classes=PROLIF["tumor_classes"],
@@ -169,6 +172,7 @@ rule detect_mitoses:
     benchmark:
         "benchmarks/detect_mitoses/{slide}.tsv"
     params:
+        code=step_code("detect_mitoses"),
         registry=PROLIF_REGISTRY_PATH,
         model_id=MITOSIS_ID,
         tumor_threshold=PROLIF["tumor_threshold"],
@@ -199,6 +203,7 @@ rule train_proliferation_models:
     log:
         "logs/train_proliferation_models/cohort.log",
     params:
+        code=step_code("train_proliferation_models"),
         models=PROLIF["models"],
     threads: 1
     resources:
@@ -225,6 +230,7 @@ rule proliferation_table:
     log:
         "logs/proliferation_table/cohort.log",
     params:
+        code=step_code("proliferation_table"),
         evaluation=PROLIF["evaluation"],
     threads: 1
     resources:

@@ -17,7 +17,7 @@ from bcpath.workflow import step_code_version, step_target
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "workflow_scripts"
 #: Rule files still to get their `code=` params (remove once rules/proliferation.smk has them).
-PENDING: set[str] = {"proliferation.smk"}
+PENDING: set[str] = set()
 
 
 def _package_copy(tmp_path: Path) -> Path:

@@ -40,8 +40,12 @@ def _write_registry(tmp_path: Path, mutate) -> Path:
 
 
 def test_registry_loads_and_validates() -> None:
-    specs = load_registry(REGISTRY)
+    all_specs = load_registry(REGISTRY)
+    specs = {k: v for k, v in all_specs.items() if v.kind == "patch_classifier"}
     assert list(specs) == ["er_demo", "pr_demo", "her2_demo"]
+    # the proliferation system's own nets are registry kinds too
+    assert all_specs["locnet_demo"].kind == "tumor_locnet" and all_specs["locnet_demo"].architecture == "locnet"
+    assert all_specs["mitosis_demo"].kind == "mitosis_classifier" and all_specs["mitosis_demo"].mpp == 0.5
     for model_id, spec in specs.items():
         marker = model_id.split("_")[0].upper()
         assert spec.model_id == model_id

@@ -151,3 +151,22 @@ def test_locnet_map_streams_windows_and_blanks_non_tissue():
     assert np.isfinite(p[:37, :50]).all() and np.isnan(p[40:, :]).all()
     assert is_tumor_class("ER-positive tumor") and is_tumor_class("Tumour") and not is_tumor_class("non-tumor")
     assert not is_tumor_class(None) and is_tumor_class("invasive carcinoma")
+
+
+def test_a_slide_coarser_than_the_mitosis_model_is_refused_with_its_name():
+    from bcpath.errors import BcpathError
+    from bcpath.models.registry import ModelSpec
+    from bcpath.proliferation.slide import check_resolution
+
+    spec = ModelSpec("m", "mitosnet", ("non-mitosis", "mitosis"), 0.25, 64, (0.5,) * 3, (0.25,) * 3, None, None, "MIT", "x", kind="mitosis_classifier")
+    check_resolution("S1", 0.26, spec)  # within tolerance
+    with pytest.raises(BcpathError, match=r"slide S2: scanned at 0\.500 µm/px, coarser than mitosis model m"):
+        check_resolution("S2", 0.5, spec)
+
+
+def test_grade_model_without_enough_slides_per_grade_says_so():
+    x = np.array([[1.0], [2.0], [10.0]])
+    model = fit_grade_model(x, np.array([1, 1, 3]), ["density"])
+    assert model["cv_folds"] == 0 and "default" in model["note"]
+    with pytest.raises(ValueError, match="one grade only"):
+        fit_grade_model(x, np.array([2, 2, 2]), ["density"])

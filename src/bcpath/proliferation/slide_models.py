@@ -79,7 +79,7 @@ def fit_grade_model(
             scores[c] = float(np.mean(losses))
         best_c = min(scores, key=lambda c: (scores[c], -c))
     else:
-        best_c = DEFAULT_C
+        best_c, k = DEFAULT_C, 0
         note = f"C = {DEFAULT_C} (default): fewer than 2 training slides in some grade, no cross-validation"
     model = LogisticRegression(C=best_c, max_iter=2000).fit(z, y)
     return {
@@ -109,7 +109,7 @@ def fit_score_model(
             scores[a] = float(np.mean(errors))
         best = min(scores, key=lambda a: (scores[a], -a))
     else:
-        best = DEFAULT_ALPHA
+        best, k = DEFAULT_ALPHA, 0
         note = f"alpha = {DEFAULT_ALPHA} (default): fewer than 2 training slides"
     model = Ridge(alpha=best).fit(z, y)
     return {
