@@ -170,3 +170,19 @@ def test_grade_model_without_enough_slides_per_grade_says_so():
     assert model["cv_folds"] == 0 and "default" in model["note"]
     with pytest.raises(ValueError, match="one grade only"):
         fit_grade_model(x, np.array([2, 2, 2]), ["density"])
+
+
+def test_detection_threshold_is_chosen_by_f1_on_tune_candidates(tmp_path):
+    from bcpath.proliferation.mitosis import choose_threshold
+    from bcpath.proliferation.steps import detection_threshold
+
+    p_mitoses = np.array([0.99, 0.97, 0.96, 0.92, 0.6])
+    p_others = np.concatenate([np.full(500, 0.1), [0.9, 0.85, 0.8, 0.75, 0.7, 0.65]])
+    threshold, f1 = choose_threshold(p_mitoses, p_others)
+    assert threshold == 0.9 and f1 == pytest.approx(2 * 4 / (2 * 4 + 1 + 1))
+    record = tmp_path / "train.json"
+    record.write_text('{"threshold": 0.95}')
+    assert detection_threshold("auto", str(tmp_path / "best.pt"), None) == 0.95
+    assert detection_threshold("auto", "elsewhere/best.pt", str(record)) == 0.95
+    assert detection_threshold(0.7, "x", None) == 0.7
+    assert detection_threshold("auto", str(tmp_path / "none" / "best.pt"), None) == 0.5

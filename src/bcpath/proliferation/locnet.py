@@ -143,10 +143,10 @@ class LocNetTrainConfig:
     """
 
     patch_px: int = 128
-    patches_per_slide: int = 48
-    epochs: int = 8
-    patience: int = 3
-    stage2_epochs: int = 3
+    patches_per_slide: int = 32
+    epochs: int = 6
+    patience: int = 2
+    stage2_epochs: int = 2
     confidence: float = 0.95
     batch_size: int = 16
     lr: float = 1e-3

@@ -185,14 +185,14 @@ class MitosisTrainConfig:
         max_minutes: stop a stage after the epoch that passes this wall time.
     """
 
-    epochs: int = 10
-    patience: int = 3
+    epochs: int = 6
+    patience: int = 2
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
     positive_weight: float = 1.0
     atypical_weight: float = 0.5
-    hard_negative_epochs: int = 4
+    hard_negative_epochs: int = 2
     seed: int = 0
     threads: int | None = None
     device: str | None = None
@@ -449,6 +449,25 @@ def f1_scores(tp: int, fp: int, fn: int) -> dict[str, float]:
     recall = tp / (tp + fn) if tp + fn else float("nan")
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
     return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
+
+
+THRESHOLD_GRID: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99)
+
+
+def choose_threshold(p_mitoses: NDArray[np.floating], p_others: NDArray[np.floating]) -> tuple[float, float]:
+    """The detection threshold with the best F1 when every annotated figure (``p_mitoses``) and
+    every other candidate of the same slides (``p_others``) is classified: (threshold, F1).
+
+    Ties go to the lower threshold (recall). Used on the tune slides only.
+    """
+    best = (0.5, -1.0)
+    for t in THRESHOLD_GRID:
+        tp = int((np.asarray(p_mitoses) >= t).sum())
+        fp = int((np.asarray(p_others) >= t).sum())
+        f1 = f1_scores(tp, fp, len(p_mitoses) - tp)["f1"]
+        if f1 == f1 and f1 > best[1] + 1e-12:
+            best = (t, float(f1))
+    return best
 
 
 def config_from(params: Any) -> MitosisTrainConfig:

@@ -10,7 +10,9 @@ scaler, feature names; never a pickle):
   the JSON says so);
 - score: ridge regression, alpha chosen by 5-fold CV (mean squared error).
 
-The candidate feature sets are ``handcrafted`` and ``handcrafted + bag of words``; CV picks one.
+The candidate feature sets are ``counts`` (mitoses per mm², hotspot count, mitosis count: the
+clinical measures), ``handcrafted`` (all of :mod:`bcpath.proliferation.features`) and
+``handcrafted + bag of words``; CV picks one (its name is in the model JSON).
 
 Evaluation on the test slides: accuracy, quadratic-weighted Cohen's kappa (TUPAC16's ranking
 metric), micro-averaged one-vs-all AUC, macro F1; Spearman, Pearson and MSE for the score; each

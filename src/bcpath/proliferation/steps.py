@@ -190,7 +190,9 @@ def train_mitosis_model_step(input: Any, output: Any, params: Any, threads: int 
     from bcpath.io import atomic_path, write_json
     from bcpath.models.registry import build_model
     from bcpath.proliferation.mitosis import (
+        THRESHOLD_GRID,
         CropSet,
+        choose_threshold,
         config_from,
         predict_crops,
         train_mitosis_classifier,
@@ -203,6 +205,7 @@ def train_mitosis_model_step(input: Any, output: Any, params: Any, threads: int 
     crop_px = int(round(spec.patch_px * 1.5))
     sets: dict[str, list[Any]] = {"train": [], "tune": []}
     pools: list[Any] = []
+    tune_pools: list[Any] = []
     for index, (slide_id, row) in enumerate(sheet.iterrows()):
         if row.get("split") not in ("train", "tune") or not row.get("mitoses") or (row.get("stain") or "HE") != "HE":
             continue
@@ -211,8 +214,7 @@ def train_mitosis_model_step(input: Any, output: Any, params: Any, threads: int 
             int(training.get("negatives_per_slide", 400)), int(training.get("seed", 0)) * 1000 + index, crop_px,
         )
         sets[row["split"]].append(crops)
-        if row["split"] == "train":
-            pools.append(pool)
+        (pools if row["split"] == "train" else tune_pools).append(pool)
     if not sets["train"] or not sets["tune"]:
         raise BcpathError(
             "train_mitosis_model: needs train and tune slides with a `mitoses` CSV (x, y level-0 px of annotated "
@@ -238,10 +240,32 @@ def train_mitosis_model_step(input: Any, output: Any, params: Any, threads: int 
             record["stage2"] = train_mitosis_classifier(spec, CropSet.concat([train, extra]), tune, out / "stage2", stage2_config, init_from=final, stage="stage 2")
             if record["stage2"]["best_value"] <= record["stage1"]["best_value"] * 1.1:
                 final = out / "stage2" / "best.pt"
+    # Detection threshold: best F1 over the tune slides' annotated figures and all their other candidates.
+    model = build_model(spec, final).to(choose_device(config.device))
+    p_mitoses, _ = predict_crops(model, tune.images[tune.labels == 1], spec)
+    p_others, _ = predict_crops(model, np.concatenate(tune_pools), spec)
+    threshold, f1 = choose_threshold(p_mitoses, p_others)
+    record["threshold"] = threshold
+    record["threshold_choice"] = {"tune_f1": f1, "tune_mitoses": int(len(p_mitoses)), "tune_candidates": int(len(p_others)), "grid": list(THRESHOLD_GRID)}
+    logger.info("detection threshold %.2f (F1 %.3f on the tune slides' %d figures and %d other candidates)", threshold, f1, len(p_mitoses), len(p_others))
     with atomic_path(output.weights) as tmp:
         shutil.copyfile(final, tmp)
     record.update(weights="best.pt", from_stage=final.parent.name, sha256=file_sha256(output.weights))
     write_json(output.train_json, record)
+
+
+def detection_threshold(setting: Any, weights: str, train_json: str | None) -> float:
+    """A number as given; ``auto`` = the threshold in the model's train.json (the training
+    rule's, or one beside registry weights), else 0.5."""
+    if setting != "auto":
+        return float(setting)
+    record = Path(train_json) if train_json else Path(weights).parent / "train.json"
+    if record.is_file():
+        value = json.loads(record.read_text()).get("threshold")
+        if value is not None:
+            return float(value)
+    logger.info("detection threshold: no threshold recorded beside %s; using 0.5", weights)
+    return 0.5
 
 
 def detect_mitoses_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
@@ -273,7 +297,7 @@ def detect_mitoses_step(input: Any, output: Any, params: Any, threads: int = 1, 
     with open_from_info(input.info, input.slide) as slide:
         tumor = tumor_mask_from_map(maps[0], meta, float(params.tumor_threshold), tumor_mpp, slide.mpp, slide.dimensions)
         det_params = DetectionParams(
-            threshold=float(detection["threshold"]), nms_um=float(detection["nms_um"]),
+            threshold=detection_threshold(detection["threshold"], input.weights, input.get("train_json")), nms_um=float(detection["nms_um"]),
             candidates=CandidateParams(min_od=float(detection["min_od"])),
         )
         with torch_threads(threads, next(model.parameters()).device):
@@ -349,7 +373,10 @@ def train_proliferation_models_step(input: Any, output: Any, params: Any, **_: A
     words = [f"word_{i:03d}" for i in range(bow.k)]
     table = pd.concat([table, pd.DataFrame(hist, index=table.index, columns=words)], axis=1)
     handcrafted = [c for c in table.columns if c not in ("slide_id", "flags") and not c.startswith("word_")]
-    candidates = {"handcrafted": handcrafted, "handcrafted+bow": handcrafted + words} if words else {"handcrafted": handcrafted}
+    counts = ["mitoses_per_mm2", "hotspot_count", "mitosis_count"]
+    candidates = {"counts": counts, "handcrafted": handcrafted}
+    if words:
+        candidates["handcrafted+bow"] = handcrafted + words
     fit_table = table.loc[fit_ids]
     result: dict[str, Any] = {"bow": bow.to_json(), "fit_slides": fit_ids, "bow_slides": train_ids}
     grades = pd.to_numeric(sheet["grade"].reindex(fit_ids), errors="coerce")
