@@ -288,3 +288,82 @@ def test_snakemake_lint_is_clean(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Congratulations" in result.stdout + result.stderr
     assert REPO_ROOT.joinpath("Snakefile").is_file()
+
+
+# ------------------------------------------------------------------ proliferation (issue 12)
+
+
+def _test_slides(work):
+    samples = _demo_slides(work)
+    return samples[samples.split == "test"]
+
+
+def test_demo_tumor_maps_cover_the_annotated_tumor(demo_run):
+    from bcpath.erpr.heatmaps import read_heatmap_zarr
+    from bcpath.proliferation.slide import tumor_mask_from_map
+
+    samples = _demo_slides(demo_run)
+    for slide in _test_slides(demo_run).index:
+        folder = demo_run / "results/slides" / slide / "proliferation"
+        maps, meta = read_heatmap_zarr(folder / "tumor.zarr")
+        assert maps.shape[0] == 1 and np.nanmax(maps) <= 1.0
+        info = json.loads((demo_run / "results/slides" / slide / "info.json").read_text())
+        predicted = tumor_mask_from_map(maps[0], meta, 0.5, 8.0, info["mpp"], tuple(info["dimensions"]))
+        tumor = shapely.union_all(
+            [shape(f["geometry"]) for f in read_geojson(demo_run / "results/demo_cohort" / samples.at[slide, "annotations"])
+             if "tumor" in f["properties"]["classification"]["name"] and "non" not in f["properties"]["classification"]["name"]]
+        )
+        area_true = tumor.area * (info["mpp"] / 1000) ** 2
+        area_pred = predicted.sum() * (8.0 / 1000) ** 2
+        assert area_pred == pytest.approx(area_true, rel=0.35), slide
+        assert (folder / "tumor.png").is_file() and read_geojson(folder / "tumor.geojson")
+
+
+def test_demo_mitoses_match_the_planted_figures_on_the_test_slides(demo_run):
+    """Detection F1 >= 0.8 against the planted figures (MIDOG matching, 7.5 µm), pooled over the test slides."""
+    from bcpath.proliferation.mitosis import f1_scores, match_detections
+
+    totals = np.zeros(3, int)
+    for slide in _test_slides(demo_run).index:
+        detected = pd.read_parquet(demo_run / "results/slides" / slide / "proliferation/mitoses.parquet")
+        truth = pd.read_csv(demo_run / "results/demo_cohort/truth" / f"{slide}.mitoses.csv")
+        totals += match_detections(detected[["x0", "y0"]].to_numpy(), truth[["x", "y"]].to_numpy(), 7.5 / 0.5)
+        assert {"x0", "y0", "probability", "atypical_probability", "area_um2", "eccentricity", "solidity", "mean_od"} <= set(detected.columns)
+        features = read_geojson(demo_run / "results/slides" / slide / "proliferation/mitoses.geojson")
+        assert len(features) == len(detected)
+        assert all(f["properties"]["classification"]["name"] == "Mitosis" for f in features)
+    scores = f1_scores(*totals)
+    assert scores["f1"] >= 0.8, scores
+
+
+def test_demo_hotspot_count_matches_the_planted_count_in_the_window(demo_run):
+    for slide in _test_slides(demo_run).index:
+        folder = demo_run / "results/slides" / slide / "proliferation"
+        features = json.loads((folder / "features.json").read_text())
+        hotspot = features["hotspot"]
+        x0, y0, x1, y1 = hotspot["bounds_level0"]
+        truth = pd.read_csv(demo_run / "results/demo_cohort/truth" / f"{slide}.mitoses.csv")
+        planted = int(((truth.x >= x0) & (truth.x < x1) & (truth.y >= y0) & (truth.y < y1)).sum())
+        assert abs(hotspot["count"] - planted) <= max(1, 0.2 * planted), (slide, hotspot["count"], planted)
+        assert hotspot["score"] == (1 if hotspot["count"] <= 5 else 2 if hotspot["count"] <= 10 else 3)
+        assert read_geojson(folder / "hotspot.geojson")[0]["properties"]["classification"]["name"] == "Mitotic hotspot"
+        assert all(np.isfinite(v) for v in features["features"].values())
+
+
+def test_demo_proliferation_score_ranks_the_test_slides(demo_run):
+    from scipy.stats import spearmanr
+
+    table = pd.read_csv(demo_run / "results/cohort/proliferation.csv")
+    samples = _demo_slides(demo_run)
+    assert sorted(table.slide_id) == sorted(samples.index)
+    for column in ("predicted_grade", "p_grade_1", "p_grade_2", "p_grade_3", "predicted_score", "hotspot_count", "mitotic_score", "mitoses_per_mm2", "flags"):
+        assert column in table.columns, column
+    test = table[table.split == "test"]
+    rho = spearmanr(test.proliferation, test.predicted_score)[0]
+    assert rho >= 0.8, test[["slide_id", "proliferation", "predicted_score"]]
+    evaluation = json.loads((demo_run / "results/cohort/proliferation/evaluation.json").read_text())
+    assert evaluation["score"]["spearman"]["value"] == pytest.approx(rho)
+    assert {"accuracy", "kappa_quadratic", "auc_micro", "f1_macro"} <= set(evaluation["grade"])
+    bow = json.loads((demo_run / "results/cohort/proliferation/models/bow.json").read_text())
+    assert 1 <= bow["k"] <= 200 and (bow["k"] == 200 or bow["note"])
+    assert set(bow["slides"]) == set(samples[samples.split == "train"].index)

@@ -185,14 +185,14 @@ class MitosisTrainConfig:
         max_minutes: stop a stage after the epoch that passes this wall time.
     """
 
-    epochs: int = 6
-    patience: int = 2
+    epochs: int = 12
+    patience: int = 4
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
     positive_weight: float = 1.0
     atypical_weight: float = 0.5
-    hard_negative_epochs: int = 2
+    hard_negative_epochs: int = 4
     seed: int = 0
     threads: int | None = None
     device: str | None = None

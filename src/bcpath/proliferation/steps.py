@@ -136,14 +136,42 @@ def locate_tumor_step(input: Any, output: Any, params: Any, threads: int = 1, **
 # ---------------------------------------------------------------------------------- mitoses
 
 
+def _window_mask(mask: np.ndarray, coarse: float, scale: float, x0: float, y0: float, window_px: int) -> np.ndarray:
+    """The part of a coarse mask (pixel = ``coarse`` level-0 px) under a window of ``window_px``
+    model px (pixel = ``scale`` level-0 px) at level-0 (x0, y0), resampled to the window."""
+    import cv2
+
+    r0, c0 = int(np.floor(y0 / coarse)), int(np.floor(x0 / coarse))
+    span = int(np.ceil(window_px * scale / coarse)) + 1
+    part = np.zeros((span, span), np.uint8)
+    rr0, cc0 = max(r0, 0), max(c0, 0)
+    rr1, cc1 = min(r0 + span, mask.shape[0]), min(c0 + span, mask.shape[1])
+    if rr1 > rr0 and cc1 > cc0:
+        part[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = mask[rr0:rr1, cc0:cc1]
+    size = int(round(span * coarse / scale))
+    out = cv2.resize(part, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
+    # the window starts at x0, not at the coarse pixel's corner
+    dy, dx = int(round((y0 - r0 * coarse) / scale)), int(round((x0 - c0 * coarse) / scale))
+    return out[dy : dy + window_px, dx : dx + window_px].astype(bool)
+
+
 def slide_training_crops(
     slide_path: str, slide_id: str, mitoses_csv: str, annotations: str | None, spec: Any, tumor_classes: list[str],
-    negatives_per_slide: int, seed: int, crop_px: int,
+    negatives_per_slide: int, seed: int, crop_px: int, window_px: int = 1024, max_tumor_windows: int = 24, other_windows: int = 8,
 ) -> Any:
-    """Crops of one annotated slide at the model's µm/px: every annotated mitosis (label 1) and
-    up to ``negatives_per_slide`` other candidates (label 0) from the tumour annotations
-    (whole tissue when there are none), farther than 8 µm from any annotated figure.
-    Returns a CropSet plus the candidates' level-0 positions for hard-negative mining."""
+    """Crops of one annotated slide at the model's µm/px.
+
+    Positives: every annotated mitosis (``mitoses_csv``: x, y level-0 px). Negatives: candidates
+    farther than 8 µm from any annotated figure, ``negatives_per_slide`` from the tumour
+    annotations (every window of the tumour's bounding box, at most ``max_tumor_windows``) and
+    half as many from ``other_windows`` random windows elsewhere in the annotated tissue (normal
+    lobules, ducts, stroma: what a tumour map that overreaches shows the detector). Memory stays
+    bounded by one window whatever the slide size.
+
+    Returns:
+        (CropSet of positives + sampled negatives, every far candidate's crop for stage-2
+        hard-negative mining and threshold choice).
+    """
     from scipy.spatial import cKDTree
 
     from bcpath.proliferation.candidates import find_candidates
@@ -153,32 +181,61 @@ def slide_training_crops(
     from bcpath.wsi.reader import open_slide
 
     truth = pd.read_csv(mitoses_csv)
+    rng = np.random.default_rng(seed)
+    coarse_mpp = 8.0
+    truth_xy = truth[["x", "y"]].to_numpy(float)
+    tree = cKDTree(truth_xy) if len(truth_xy) else None
     with open_slide(slide_path, slide_id) as slide:
         check_resolution(slide_id, slide.mpp, spec)
-        scale = spec.mpp / slide.mpp
+        scale = spec.mpp / slide.mpp  # level-0 px per model px
+        coarse = coarse_mpp / slide.mpp  # level-0 px per coarse px
         width0, height0 = slide.dimensions
-        shape = (math.ceil(height0 / scale), math.ceil(width0 / scale))
-        region = annotation_masks(annotations, shape, 1.0 / scale, (0.0, 0.0), tumor_classes)[0] if annotations else np.ones(shape, bool)
-        if not region.any():
-            region = np.ones(shape, bool)
-        rows, cols = np.nonzero(region)
-        top, left, bottom, right = rows.min(), cols.min(), rows.max() + 1, cols.max() + 1
-        rgb = slide.read_region(left * scale, top * scale, right - left, bottom - top, spec.mpp)
-    tx = truth["x"].to_numpy(float) / scale - left
-    ty = truth["y"].to_numpy(float) / scale - top
-    candidates = find_candidates(rgb, spec.mpp, mask=region[top:bottom, left:right])
-    cx, cy = candidates["x"].to_numpy(), candidates["y"].to_numpy()
-    far = np.ones(len(cx), bool)
-    if len(tx) and len(cx):
-        far = cKDTree(np.stack([tx, ty], 1)).query(np.stack([cx, cy], 1))[0] > 8.0 / spec.mpp
-    rng = np.random.default_rng(seed)
-    negatives = np.flatnonzero(far)
-    pick = rng.choice(negatives, size=min(len(negatives), negatives_per_slide), replace=False) if len(negatives) else negatives
-    images = np.concatenate([extract_crops(rgb, tx, ty, crop_px), extract_crops(rgb, cx[pick], cy[pick], crop_px)])
-    labels = np.concatenate([np.ones(len(tx), np.int64), np.zeros(len(pick), np.int64)])
+        shape = (math.ceil(height0 / coarse), math.ceil(width0 / coarse))
+        if annotations:
+            tumor, annotated = annotation_masks(annotations, shape, 1.0 / coarse, (0.0, 0.0), tumor_classes)
+        else:
+            tumor = annotated = np.ones(shape, bool)
+        if not tumor.any():
+            tumor = np.ones(shape, bool)
+        other = annotated & ~tumor
+        if not other.any():
+            other = ~tumor if (~tumor).any() else tumor
+        half = crop_px / 2 * scale
+        positives = (
+            np.stack([slide.read_region(x - half, y - half, crop_px, crop_px, spec.mpp) for x, y in truth_xy])
+            if len(truth_xy) else np.zeros((0, crop_px, crop_px, 3), np.uint8)
+        )
+        side = window_px * scale  # level-0 px
+        rows, cols = np.nonzero(tumor)
+        top, left = rows.min() * coarse, cols.min() * coarse
+        bottom, right = (rows.max() + 1) * coarse, (cols.max() + 1) * coarse
+        tumor_windows = [(x, y) for y in np.arange(top, bottom, side) for x in np.arange(left, right, side)
+                         if _window_mask(tumor, coarse, scale, x, y, window_px).any()]
+        if len(tumor_windows) > max_tumor_windows:
+            tumor_windows = [tumor_windows[i] for i in rng.choice(len(tumor_windows), max_tumor_windows, replace=False)]
+        orows, ocols = np.nonzero(other)
+        picks = rng.integers(len(orows), size=other_windows)
+        other_list = [((ocols[k] + 0.5) * coarse - side / 2, (orows[k] + 0.5) * coarse - side / 2) for k in picks]
+        pools: dict[str, list[np.ndarray]] = {"tumor": [], "other": []}
+        for kind, windows, region in (("tumor", tumor_windows, tumor), ("other", other_list, other)):
+            for x0, y0 in windows:
+                rgb = slide.read_region(x0, y0, window_px, window_px, spec.mpp)
+                found = find_candidates(rgb, spec.mpp, mask=_window_mask(region, coarse, scale, x0, y0, window_px))
+                cx, cy = found["x"].to_numpy(), found["y"].to_numpy()
+                if tree is not None and len(cx):
+                    keep = tree.query(np.stack([x0 + cx * scale, y0 + cy * scale], 1))[0] > 8.0 / slide.mpp
+                    cx, cy = cx[keep], cy[keep]
+                pools[kind].append(extract_crops(rgb, cx, cy, crop_px))
+    empty = np.zeros((0, crop_px, crop_px, 3), np.uint8)
+    chosen = []
+    for kind, n in (("tumor", negatives_per_slide), ("other", negatives_per_slide // 2)):
+        pool_k = np.concatenate(pools[kind]) if pools[kind] else empty
+        chosen.append(pool_k[rng.choice(len(pool_k), size=min(len(pool_k), n), replace=False)] if len(pool_k) else empty)
+    pool = np.concatenate([np.concatenate(pools[k]) if pools[k] else empty for k in ("tumor", "other")])
+    negatives = np.concatenate(chosen)
+    images = np.concatenate([positives, negatives])
+    labels = np.concatenate([np.ones(len(positives), np.int64), np.zeros(len(negatives), np.int64)])
     crops = CropSet(images, labels, np.full(len(labels), -1, np.int64), np.full(len(labels), slide_id))
-    # All far candidates, for stage-2 hard negatives.
-    pool = extract_crops(rgb, cx[negatives], cy[negatives], crop_px)
     return crops, pool
 
 
