@@ -186,3 +186,19 @@ def test_detection_threshold_is_chosen_by_f1_on_tune_candidates(tmp_path):
     assert detection_threshold("auto", "elsewhere/best.pt", str(record)) == 0.95
     assert detection_threshold(0.7, "x", None) == 0.7
     assert detection_threshold("auto", str(tmp_path / "none" / "best.pt"), None) == 0.5
+
+
+def test_annotation_masks_keep_a_tumor_that_lies_in_another_region_s_hole(tmp_path):
+    import json
+
+    from bcpath.proliferation.locnet import annotation_masks
+
+    square = [[10, 10], [50, 10], [50, 50], [10, 50], [10, 10]]
+    stroma = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [100, 0], [100, 100], [0, 100], [0, 0]], square]},
+              "properties": {"classification": {"name": "non-tumor"}}}
+    tumor = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square]}, "properties": {"classification": {"name": "ER-positive tumor"}}}
+    path = tmp_path / "a.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [tumor, stroma]}))
+    t, annotated = annotation_masks(path, (60, 60), 0.5, (0.0, 0.0))
+    assert annotated[:50, :50].all() and not annotated[52:, :].any()  # the stroma's hole is the tumor, annotated too
+    assert t[5:25, 5:25].all() and not t[30:, 30:].any()

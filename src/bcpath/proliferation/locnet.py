@@ -67,20 +67,27 @@ def annotation_masks(
 
     from bcpath import geojson
 
-    tumor = np.zeros(shape, np.uint8)
-    annotated = np.zeros(shape, np.uint8)
+    tumor = np.zeros(shape, bool)
+    annotated = np.zeros(shape, bool)
     ox, oy = origin_level0
     for feat in geojson.read_geojson(annotations):
-        target = tumor if is_tumor_class(geojson.classification_name(feat), tumor_classes) else None
+        is_tumor = is_tumor_class(geojson.classification_name(feat), tumor_classes)
         for rings in geojson.polygon_rings(feat):
-            for index, ring in enumerate(rings):
-                points = np.asarray(ring, dtype=np.float64)
-                points = np.round((points - (ox, oy)) * px_per_level0).astype(np.int32)
-                value = 1 if index == 0 else 0
-                cv2.fillPoly(annotated, [points], value)
-                if target is not None:
-                    cv2.fillPoly(target, [points], value)
-    return tumor.astype(bool), annotated.astype(bool)
+            polygons = [np.round((np.asarray(r, dtype=np.float64) - (ox, oy)) * px_per_level0).astype(np.int32) for r in rings]
+            if not polygons or len(polygons[0]) < 3:
+                continue
+            # Each polygon on its own box: a hole cuts its own polygon, never another feature.
+            x0, y0 = np.maximum(polygons[0].min(0), 0)
+            x1, y1 = np.minimum(polygons[0].max(0) + 1, (shape[1], shape[0]))
+            if x1 <= x0 or y1 <= y0:
+                continue
+            local = np.zeros((y1 - y0, x1 - x0), np.uint8)
+            for index, points in enumerate(polygons):
+                cv2.fillPoly(local, [points - (x0, y0)], 1 if index == 0 else 0)
+            annotated[y0:y1, x0:x1] |= local.astype(bool)
+            if is_tumor:
+                tumor[y0:y1, x0:x1] |= local.astype(bool)
+    return tumor, annotated
 
 
 @dataclass
