@@ -45,7 +45,9 @@ PROFILE = REPO_ROOT / "profiles" / "ci-slurm"
 PARTITION = "debug"  # must match default-resources: slurm_partition in PROFILE
 SLURM_TOOLS = ("sbatch", "sinfo", "squeue", "scontrol")
 USABLE_NODE_STATES = {"idle", "mix", "alloc", "comp"}  # sinfo %t; "idle*" = not responding
-FOUNDATION_ONLY = ("--config", "demo={n_slides: 8, tma: false}", "erpr={enabled: false}", "nuclei={enabled: false}")
+FOUNDATION_ONLY = (
+    "--config", "demo={n_slides: 8, tma: false}", "erpr={enabled: false}", "nuclei={enabled: false}", "proliferation={enabled: false}",
+)
 PER_SLIDE_RULES = ("inspect_slide", "detect_tissue", "tile_slide")
 RULES = ("make_demo_cohort", *PER_SLIDE_RULES, "aggregate_qc")
 RUN_TIMEOUT_S = 900
