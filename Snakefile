@@ -32,6 +32,7 @@ include: "rules/ihc_common.smk"
 include: "rules/ihc.smk"
 include: "rules/nuclei_common.smk"
 include: "rules/nuclei.smk"
+include: "rules/proliferation_common.smk"
 include: "rules/proliferation.smk"
 
 

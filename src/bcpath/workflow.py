@@ -31,6 +31,7 @@ from typing import Any
 
 FAILURE_FIELDS = ("slide_id", "rule", "error", "log", "time")
 COHORT = "cohort"  # slide_id of the failure record of a cohort-level job
+FAILURES_DIR = "results/cohort/failures"  # failure records, relative to the run folder
 
 
 @dataclass(frozen=True)
@@ -273,8 +274,9 @@ def run_rule(snakemake: Any, step: str | Callable[..., Any]) -> None:
     """Run one library step for a Snakemake job, recording failures.
 
     The step is called as ``step(input=..., output=..., params=..., threads=..., wildcards=...)``
-    with Snakemake's named-list objects. A ``params.failure_record`` path enables the
-    failure record.
+    with Snakemake's named-list objects. On failure the message goes to the job's log and to a
+    failure record: ``params.failure_record`` when the rule has one, else
+    :func:`job_record_path` under ``results/cohort/failures``.
     """
     guard_job_processes()
     log_path = snakemake.log[0] if len(snakemake.log) else None
@@ -282,7 +284,10 @@ def run_rule(snakemake: Any, step: str | Callable[..., Any]) -> None:
     logger = logging.getLogger("bcpath.rule")
     rule = snakemake.rule
     slide_id = dict(snakemake.wildcards.items()).get("slide", "cohort")
-    record = getattr(snakemake.params, "failure_record", None)
+    # Rules without params.failure_record write to the path the onerror handler looks for.
+    record = getattr(snakemake.params, "failure_record", None) or str(
+        job_record_path(FAILURES_DIR, rule, dict(snakemake.wildcards.items()))
+    )
     job_id = os.environ.get("SLURM_JOB_ID")
     where = f"SLURM job {job_id} on {os.uname().nodename}" if job_id else f"local process {os.getpid()} on {os.uname().nodename}"
     logger.info("%s for %s: %s, %d thread(s)", rule, slide_id, where, snakemake.threads)
