@@ -133,8 +133,8 @@ def tumor_mask_from_map(p_map: NDArray[np.float32], meta: dict[str, Any], thresh
 
 
 def mitosis_features_geojson(detections: pd.DataFrame) -> list[dict[str, Any]]:
-    """Detections as QuPath detection objects (class "Mitosis"): 12 µm circles in level-0 px is
-    not known here, so points are written (QuPath imports Point detections)."""
+    """Detections as QuPath detection objects (class "Mitosis"), one Point each at its level-0
+    position with probability, atypical probability and morphometry as measurements."""
     from bcpath import geojson
 
     features = []
