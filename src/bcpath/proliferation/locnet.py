@@ -90,6 +90,17 @@ def annotation_masks(
     return tumor, annotated
 
 
+def written_tiles_mask(grid_parquet: str | os.PathLike[str], shape: tuple[int, int], tile_px: int) -> NDArray[np.bool_]:
+    """(H, W) bool over a tiles.zarr image: True inside the tiles grid.parquet lists (tissue)."""
+    import pandas as pd
+
+    grid = pd.read_parquet(grid_parquet, columns=["row", "col"])
+    tissue = np.zeros(shape, bool)
+    for row, col in zip(grid["row"], grid["col"], strict=True):
+        tissue[row * tile_px : (row + 1) * tile_px, col * tile_px : (col + 1) * tile_px] = True
+    return tissue
+
+
 @dataclass
 class LocSlide:
     """One slide's tiles and masks for LocNet training, all at the tiles.zarr µm/px.
@@ -115,7 +126,6 @@ def load_loc_slide(
     annotations: str | os.PathLike[str], tumor_classes: Sequence[str],
 ) -> LocSlide:
     """Read one slide's tiles.zarr, tissue grid and annotations into a :class:`LocSlide`."""
-    import pandas as pd
     import zarr
 
     from bcpath.tiling import open_tiles
@@ -124,11 +134,7 @@ def load_loc_slide(
     attrs: Any = zarr.open_group(str(tiles_zarr), mode="r").attrs["bcpath"]
     meta = dict(attrs)
     height, width = int(array.shape[1]), int(array.shape[2])
-    tile = int(meta["tile_px"])
-    grid = pd.read_parquet(grid_parquet, columns=["row", "col"])
-    tissue = np.zeros((height, width), bool)
-    for row, col in zip(grid["row"], grid["col"], strict=True):
-        tissue[row * tile : (row + 1) * tile, col * tile : (col + 1) * tile] = True
+    tissue = written_tiles_mask(grid_parquet, (height, width), int(meta["tile_px"]))
     tumor, annotated = annotation_masks(
         annotations, (height, width), 1.0 / float(meta["level0_px_per_px"]),
         (float(meta["origin_x0"]), float(meta["origin_y0"])), tumor_classes,

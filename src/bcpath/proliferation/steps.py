@@ -106,17 +106,12 @@ def locate_tumor_step(input: Any, output: Any, params: Any, threads: int = 1, **
         p_map = maps[0] + maps[1]
         stride_px, model_id = stride, f"erpr:{Path(input.predictions).stem}"
     else:
-        import pandas as pd
 
-        from bcpath.proliferation.locnet import predict_tumor_map
+        from bcpath.proliferation.locnet import predict_tumor_map, written_tiles_mask
 
         model, spec = _load(params.registry, params.model_id, input.weights, input.get("train_json"), params.get("device"))
         array = open_tiles(input.tiles)
-        tile = int(meta["tile_px"])
-        grid = pd.read_parquet(input.grid, columns=["row", "col"])
-        tissue = np.zeros((int(array.shape[1]), int(array.shape[2])), bool)
-        for row, col in zip(grid["row"], grid["col"], strict=True):
-            tissue[row * tile : (row + 1) * tile, col * tile : (col + 1) * tile] = True
+        tissue = written_tiles_mask(input.grid, (int(array.shape[1]), int(array.shape[2])), int(meta["tile_px"]))
         with torch_threads(threads, next(model.parameters()).device):
             p_map = predict_tumor_map(model, spec, array, tissue)
         stride_px, model_id = int(model.downsample), spec.model_id
