@@ -34,6 +34,8 @@ include: "rules/nuclei_common.smk"
 include: "rules/nuclei.smk"
 include: "rules/proliferation_common.smk"
 include: "rules/proliferation.smk"
+include: "rules/report_common.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -43,6 +45,7 @@ rule all:
         ihc_targets(),
         nuclei_targets(),
         proliferation_targets(),
+        report_targets(),
     default_target: True
 
 

@@ -168,8 +168,20 @@ rule proliferation_table:
     output:
         predictions="results/cohort/proliferation/predictions.csv",
         evaluation="results/cohort/proliferation/evaluation.json",
-        roc=report("results/cohort/proliferation/roc.png", category="Proliferation", subcategory="slide models", caption="../report/proliferation_roc.rst"),
-        scatter=report("results/cohort/proliferation/scatter.png", category="Proliferation", subcategory="slide models", caption="../report/proliferation_scatter.rst"),
+        roc=report(
+            "results/cohort/proliferation/roc.png",
+            category="Proliferation",
+            subcategory="slide models",
+            caption="../report/proliferation_roc.rst",
+            labels={"figure": "grade ROC"},
+        ),
+        scatter=report(
+            "results/cohort/proliferation/scatter.png",
+            category="Proliferation",
+            subcategory="slide models",
+            caption="../report/proliferation_scatter.rst",
+            labels={"figure": "score scatter"},
+        ),
         cohort="results/cohort/proliferation.csv",
     log:
         "logs/proliferation_table/cohort.log",

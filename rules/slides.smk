@@ -35,7 +35,13 @@ rule detect_tissue:
     output:
         mask="results/slides/{slide}/tissue/mask.png",
         geojson="results/slides/{slide}/tissue/tissue.geojson",
-        thumbnail="results/slides/{slide}/tissue/thumbnail.png",
+        thumbnail=report(
+            "results/slides/{slide}/tissue/thumbnail.png",
+            category="QC",
+            subcategory="tissue",
+            caption="../report/qc_thumbnail.rst",
+            labels={"slide": "{slide}", "figure": "tissue contour"},
+        ),
         qc="results/slides/{slide}/tissue/qc.json",
     log:
         "logs/detect_tissue/{slide}.log",
