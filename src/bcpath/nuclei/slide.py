@@ -104,7 +104,6 @@ __all__ = [
 Segmenter = Callable[[NDArray[np.uint8], float], NDArray[np.integer]]
 
 NUCLEUS_COLOR = [0, 0, 180]
-NGFF_LABELS_VERSION = "0.5"
 DUPLICATE_FRACTION = 0.5
 """A kept nucleus whose pixels are more than this fraction already labelled is a duplicate."""
 
@@ -368,8 +367,9 @@ class _ChunkBuffer:
 
 
 def _ngff_label_attrs(slide: Slide, tiling: SlideTiling, model_mpp: float, extra: Mapping[str, Any]) -> dict[str, Any]:
-    """OME-NGFF 0.5 (Zarr v3) attributes for a (y, x) label image, from tiling's 0.4 helper."""
-    from bcpath.tiling import ngff_multiscales
+    """OME-NGFF (``bcpath.tiling.NGFF_VERSION``, Zarr v3) attributes for a (y, x) label image,
+    from tiling's (c, y, x) helper with the channel axis dropped."""
+    from bcpath.tiling import NGFF_VERSION, ngff_attrs, ngff_multiscales
 
     multiscales = ngff_multiscales(
         slide.slide_id,
@@ -379,27 +379,24 @@ def _ngff_label_attrs(slide: Slide, tiling: SlideTiling, model_mpp: float, extra
         description="nuclei instance labels (0 = background, else the nucleus_id of features.parquet)",
     )
     for entry in multiscales:
-        entry.pop("version", None)  # 0.5 keeps the version in the "ome" block
         entry["axes"] = [axis for axis in entry["axes"] if axis["name"] != "c"]
         for dataset in entry["datasets"]:
             for transform in dataset["coordinateTransformations"]:
                 key = "scale" if transform["type"] == "scale" else "translation"
                 transform[key] = list(transform[key][1:])
-    return {
-        "ome": {"version": NGFF_LABELS_VERSION, "multiscales": multiscales, "image-label": {"version": NGFF_LABELS_VERSION}},
-        "bcpath": {
-            "slide_id": slide.slide_id,
-            "mpp": model_mpp,
-            "level0_mpp": slide.mpp,
-            "level0_px_per_px": tiling.scale,
-            "origin_x0": 0,
-            "origin_y0": 0,
-            "tile_px": tiling.tile_px,
-            "stride_px": tiling.stride,
-            "margin_px": tiling.margin,
-            **dict(extra),
-        },
+    bcpath = {
+        "slide_id": slide.slide_id,
+        "mpp": model_mpp,
+        "level0_mpp": slide.mpp,
+        "level0_px_per_px": tiling.scale,
+        "origin_x0": 0,
+        "origin_y0": 0,
+        "tile_px": tiling.tile_px,
+        "stride_px": tiling.stride,
+        "margin_px": tiling.margin,
+        **dict(extra),
     }
+    return ngff_attrs(multiscales, bcpath, **{"image-label": {"version": NGFF_VERSION}})
 
 
 class _GeoJsonWriter:
