@@ -34,13 +34,14 @@ __all__ = [
     "rasterise_polygons",
     "read_cpm15",
     "read_monuseg",
+    "source_image",
 ]
 
 MONUSEG_DEFAULT_MPP = 0.25
 # CPM-15 README_training.txt: image01-07 at 20x, image08-15 at 40x.
 CPM15_40X = frozenset(f"image{i:02d}" for i in range(8, 16))
 # Image files of a CPM-15-layout folder (CoNSeP's tiles are JPEG as distributed).
-CPM_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+CPM_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,15 @@ def list_cpm15(root: str | Path) -> list[NucleiSample]:
     if not samples:
         raise FileNotFoundError(f"no CPM-15 images under {root / 'images'}")
     return samples
+
+
+def source_image(name: str) -> str:
+    """The source image a sample was cut from, for splits that keep an image's tiles together:
+    ``train_<image>_<tile>`` (CoNSeP's tiles) → ``train_<image>``; any other name is its own."""
+    parts = name.rsplit("_", 2)
+    if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+        return f"{parts[0]}_{parts[1]}"
+    return name
 
 
 def load_sample(sample: NucleiSample) -> tuple[NDArray[np.uint8], NDArray[np.int32]]:

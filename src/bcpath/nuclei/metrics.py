@@ -40,6 +40,7 @@ from scipy.optimize import linear_sum_assignment
 __all__ = [
     "Overlap",
     "aji",
+    "aji_components",
     "aji_plus",
     "evaluate",
     "mean_average_precision",
@@ -166,6 +167,16 @@ def aji(gt: NDArray[np.integer] | Overlap, pred: NDArray[np.integer] | None = No
     ov = _as_overlap(gt, pred)
     if ov.n_gt == 0 and ov.n_pred == 0:
         return 1.0
+    inter, union = aji_components(ov)
+    return inter / union if union > 0 else 0.0
+
+
+def aji_components(
+    gt: NDArray[np.integer] | Overlap, pred: NDArray[np.integer] | None = None
+) -> tuple[float, float]:
+    """(C, U) of :func:`aji`: summed intersections and unions, in px. The pooled AJI of a set
+    of images (as HoVer-Net reports CoNSeP) is sum(C) / sum(U) over the images."""
+    ov = _as_overlap(gt, pred)
     union = float(ov.gt_area.sum())  # unpaired GT contribute |G|
     inter = 0.0
     used = np.zeros(ov.n_pred, dtype=bool)
@@ -181,7 +192,7 @@ def aji(gt: NDArray[np.integer] | Overlap, pred: NDArray[np.integer] | None = No
         union += float((ov.pred_area[ov.pair_pred[best]] - ov.pair_inter[best]).sum())
         used[ov.pair_pred[best]] = True
     union += float(ov.pred_area[~used].sum())
-    return inter / union if union > 0 else 0.0
+    return inter, union
 
 
 def aji_plus(gt: NDArray[np.integer] | Overlap, pred: NDArray[np.integer] | None = None) -> float:

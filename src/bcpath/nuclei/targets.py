@@ -28,9 +28,12 @@ from bcpath.errors import BcpathError
 __all__ = [
     "BACKGROUND",
     "BOUNDARY",
+    "DISTANCE_THRESHOLDS",
     "INTERIOR",
     "class_balance_weights",
+    "distance_target",
     "encode_targets",
+    "instances_from_distance",
     "instances_from_probabilities",
     "unet_weight_map",
 ]
@@ -191,3 +194,97 @@ def unet_weight_map(
         a[...] = np.minimum(a, d)
     gap = np.where(background & np.isfinite(d2), w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2)), 0.0)
     return (weights + gap).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- distance decoding
+#
+# The interior/boundary target separates touching nuclei only where the network draws a
+# boundary band between them; in crowded tissue (CoNSeP, lymphocyte sheets) it often draws
+# none and the nuclei merge. The distance target (Naylor et al. 2018, IEEE TMI 38:448) asks
+# instead for each nucleus pixel's distance to the nucleus edge, normalised to 1 at the
+# nucleus' own centre: every nucleus then has its own peak, whether or not its neighbour
+# touches it, and the watershed of the predicted distance splits at the saddle between peaks.
+# The map is a scalar per pixel, so rotations and flips of a tile leave it valid.
+
+DISTANCE_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def distance_target(instance_labels: NDArray[np.integer]) -> NDArray[np.float32]:
+    """(H, W) float32 in [0, 1]: per nucleus, the Euclidean distance to the nearest pixel not
+    of that nucleus, divided by the nucleus' largest such distance (1 at its centre); 0 on
+    background. The tile edge does not count as outside (as :func:`encode_targets`)."""
+    labels = _as_labels(instance_labels)
+    out = np.zeros(labels.shape, dtype=np.float32)
+    for lab, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        r0, r1 = max(box[0].start - 1, 0), min(box[0].stop + 1, labels.shape[0])
+        c0, c1 = max(box[1].start - 1, 0), min(box[1].stop + 1, labels.shape[1])
+        own = labels[r0:r1, c0:c1] == lab
+        # pad with "own" at the image edge, "other" elsewhere: a nucleus cut by the tile edge
+        # keeps its distance growing towards the edge
+        pad = np.pad(own, 1, mode="edge")
+        d = np.asarray(ndi.distance_transform_edt(pad))[1:-1, 1:-1]
+        peak = float(d[own].max()) if own.any() else 0.0
+        if peak > 0:
+            region = out[r0:r1, c0:c1]
+            region[own] = (d[own] / peak).astype(np.float32)
+    return out
+
+
+def instances_from_distance(
+    probs: NDArray[np.floating],
+    distance: NDArray[np.floating],
+    marker_threshold: float = 0.5,
+    foreground_threshold: float = 0.5,
+    min_area_px: int = 10,
+) -> NDArray[np.int32]:
+    """Instance labels (H, W) int32 from 3-class probabilities and a predicted distance map.
+
+    1. foreground: ``probs[1] + probs[2] > foreground_threshold``, holes filled;
+    2. markers: 4-connected components of ``distance > marker_threshold`` inside the
+       foreground (one per nucleus centre), those under ``min_area_px`` / 4 px dropped;
+    3. marker-controlled watershed of ``-distance`` inside the foreground: each pixel joins
+       the centre it climbs to, so touching nuclei split at the saddle of the distance map.
+       Foreground components with no marker whose area is ≥ ``min_area_px`` keep one label of
+       their own (a small, pale nucleus whose peak stayed under the marker threshold).
+    """
+    p = np.asarray(probs, dtype=np.float32)
+    dist = np.asarray(distance, dtype=np.float32)
+    if p.ndim != 3 or p.shape[0] < 3 or dist.shape != p.shape[1:]:
+        raise BcpathError(
+            f"expected (3, H, W) probabilities and an (H, W) distance map, got {p.shape} and {dist.shape}"
+        )
+    fg = np.asarray(ndi.binary_fill_holes((p[INTERIOR] + p[BOUNDARY]) > foreground_threshold), dtype=bool)
+    if not fg.any():
+        return np.zeros(fg.shape, dtype=np.int32)
+    markers, n = ndi.label((dist > marker_threshold) & fg)
+    min_marker = max(int(min_area_px) // 4, 1)
+    if n:
+        keep = np.bincount(markers.ravel(), minlength=n + 1) >= min_marker
+        keep[0] = False
+        markers, n = ndi.label(keep[markers])
+    # foreground components without a marker: one marker each (their own pixels) if big enough
+    comps, m = ndi.label(fg)
+    if m:
+        has_marker = np.zeros(m + 1, dtype=bool)
+        has_marker[np.unique(comps[markers > 0])] = True
+        area = np.bincount(comps.ravel(), minlength=m + 1)
+        orphan = ~has_marker & (area >= max(int(min_area_px), 1))
+        orphan[0] = False
+        if orphan.any():
+            extra = np.zeros(m + 1, dtype=np.int64)
+            extra[orphan] = n + np.arange(1, int(orphan.sum()) + 1)
+            add = extra[comps]
+            markers = np.where(add > 0, add, markers)
+            n += int(orphan.sum())
+    if n == 0:
+        return np.zeros(fg.shape, dtype=np.int32)
+    labels = watershed(-dist, markers, mask=fg)
+    # drop fragments under min_area_px
+    area = np.bincount(labels.ravel())
+    small = area < max(int(min_area_px), 1)
+    small[0] = False
+    if small.any():
+        labels[small[labels]] = 0
+    return np.asarray(labels, dtype=np.int32)

@@ -458,8 +458,8 @@ def build_model(
                 "encoder 'plain' is trained from scratch; pretrained_encoder does not apply"
             )
         return PlainUNet(
-            3,
-            3,
+            int(architecture.get("in_channels", 3)),
+            int(architecture.get("n_classes", 3)),
             depth=int(architecture.get("depth", 4)),
             base=int(architecture.get("base", 16)),
             dropout=float(architecture.get("dropout", 0.1)),
@@ -472,7 +472,10 @@ def build_model(
         raise BcpathError(
             f"pretrained encoder {pretrained_encoder}: no such file (weights are never downloaded)"
         )
-    return UNet(encoder, 3, 3, encoder_weights=pretrained_encoder)
+    return UNet(
+        encoder, int(architecture.get("n_classes", 3)), int(architecture.get("in_channels", 3)),
+        encoder_weights=pretrained_encoder,
+    )
 
 
 @dataclass
@@ -489,6 +492,8 @@ class NucleiModel:
     device: str = "cpu"
     #: average the probabilities of the 8 rotations/flips of each tile (8x the compute)
     tta: bool = False
+    #: "interior_boundary" (3 class maps) or "distance" (+ a distance map; :mod:`bcpath.nuclei.maps`)
+    decoding: str = "interior_boundary"
 
 
 def _hann(tile: int) -> NDArray[np.float32]:
@@ -511,7 +516,7 @@ def predict_probabilities(
     ph, pw = max(t - h, 0), max(t - w, 0)
     padded = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
     H, W = padded.shape[:2]
-    acc = np.zeros((3, H, W), dtype=np.float32)
+    acc = np.zeros((int(bundle.architecture.get("n_classes", 3)), H, W), dtype=np.float32)
     wsum = np.zeros((H, W), dtype=np.float32)
     win = _hann(t)
     origins = tile_grid((H, W), t, PREDICT_OVERLAP)
@@ -531,15 +536,19 @@ def predict_probabilities(
 @torch.no_grad()
 def _tile_probabilities(bundle: NucleiModel, x: torch.Tensor) -> NDArray[np.float32]:
     """(B, 3, T, T) softmax of a (B, 3, T, T) input batch; the dihedral mean with ``bundle.tta``."""
+    from bcpath.nuclei.maps import maps_from_logits
+
     if not bundle.tta:
-        return torch.softmax(bundle.model(x), dim=1).float().cpu().numpy()
-    total = torch.zeros((x.shape[0], 3, *x.shape[2:]), dtype=torch.float32)
+        return maps_from_logits(bundle.model(x)).cpu().numpy()
+    total: torch.Tensor | None = None
     for k, flip in itertools.product(range(4), (False, True)):
         view = torch.rot90(x, k, dims=(2, 3))
         view = torch.flip(view, dims=(3,)) if flip else view
-        p = torch.softmax(bundle.model(view), dim=1).float().cpu()
+        p = maps_from_logits(bundle.model(view)).cpu()
         p = torch.flip(p, dims=(3,)) if flip else p
-        total += torch.rot90(p, -k, dims=(2, 3))
+        p = torch.rot90(p, -k, dims=(2, 3))
+        total = p if total is None else total + p
+    assert total is not None
     return (total / 8).numpy()
 
 
@@ -564,6 +573,10 @@ def predict_instances(
         small = bundle.normaliser.normalise(small)
     probs = predict_probabilities(bundle, small)
     thr = bundle.threshold if threshold is None else threshold
+    if bundle.decoding != "interior_boundary":
+        from bcpath.nuclei.maps import decode_maps
+
+        return decode_maps(probs, image.shape[:2], bundle.decoding, thr, bundle.min_area_px)
     return decode_at_size(probs, image.shape[:2], thr, bundle.min_area_px)
 
 
@@ -628,9 +641,11 @@ def load_nuclei_model(
     # An IHC model was trained on re-rendered images and takes IHC as it is.
     normalise_input = meta.get("stain_normalisation") and meta.get("target_stain", "he") == "he"
     normaliser = StainNormaliser.load(stain_path) if normalise_input else None
+    decoding = str(meta.get("decoding", meta["architecture"].get("decoding", "interior_boundary")))
     return NucleiModel(
         model, float(meta["mpp"]), int(meta["tile"]), float(meta["threshold"]),
         int(meta.get("min_area_px", MIN_AREA_PX)), normaliser, meta["architecture"], device, tta,
+        decoding,
     )  # fmt: skip
 
 
