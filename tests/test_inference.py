@@ -202,11 +202,12 @@ def test_heatmap_zarr_has_maps_and_ngff_attrs(tmp_path: Path) -> None:
 
     group = zarr.open_group(str(path), mode="r")
     attrs: dict = dict(group.attrs)
-    transforms = attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    assert attrs["ome"]["version"] == "0.5"
+    transforms = attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
     assert transforms[0]["scale"] == [1.0, 128.0, 128.0]
     # Origin 1000 level-0 px × 0.5 µm = 500 µm, plus half a cell minus half a pixel (63 µm).
     assert transforms[1]["translation"] == [0.0, 1000.0 + 63.0, 500.0 + 63.0]
-    assert [c["label"] for c in attrs["omero"]["channels"]] == list(SPEC.classes)
+    assert [c["label"] for c in attrs["ome"]["omero"]["channels"]] == list(SPEC.classes)
 
 
 def test_overlay_png_black_outside_tissue_blue_to_red(tmp_path: Path) -> None:

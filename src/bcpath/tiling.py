@@ -7,8 +7,10 @@ fill value, white). Work is streamed: a few runs of at most ``max_run_tiles`` ti
 flight at once, so peak memory does not depend on slide size.
 
 Outputs:
-    tiles.zarr: OME-NGFF 0.4 image (Zarr v2 format, axes c, y, x; uint8 RGB), one chunk per
-        tile, lossless Blosc-zstd by default or per-channel JPEG.
+    tiles.zarr: OME-NGFF 0.5 image (Zarr v3, axes c, y, x; uint8 RGB), one chunk per tile,
+        lossless Blosc-zstd by default or per-channel JPEG (:class:`JpegChunkCodec`). Every
+        bcpath Zarr store (tiles, heatmaps, tumour maps, nuclei labels) uses this one
+        ``NGFF_VERSION`` through :func:`ngff_attrs`.
     grid.parquet: one row per written tile (see ``GRID_COLUMNS``).
     patches.h5: CLAM/TRIDENT-style ``coords`` dataset (N, 2) int64 level-0 top-left corners.
 """
@@ -23,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -31,7 +33,9 @@ from bcpath.wsi import Slide
 
 logger = logging.getLogger(__name__)
 
-NGFF_VERSION = "0.4"
+NGFF_VERSION = "0.5"
+"""OME-NGFF version of every Zarr store bcpath writes (Zarr v3: metadata under attrs["ome"])."""
+ZARR_FORMAT: Literal[3] = 3
 GRID_COLUMNS = ("tile_id", "row", "col", "x", "y", "x0", "y0", "tissue_fraction")
 """grid.parquet columns: x, y = top-left in tiles.zarr pixels (analysis µm/px); x0, y0 =
 top-left in level-0 slide pixels; tissue_fraction in [0, 1]."""
@@ -165,10 +169,12 @@ def tile_runs(grid: TileGrid, max_run_tiles: int) -> Iterator[tuple[int, int, in
 
 
 def ngff_multiscales(name: str, pixel_um: float, translation_um: list[float], kind: str, description: str) -> list[dict[str, Any]]:
-    """OME-NGFF 0.4 ``multiscales`` for one (c, y, x) level: ``pixel_um`` µm per px, offset in µm."""
+    """OME-NGFF ``multiscales`` for one (c, y, x) level: ``pixel_um`` µm per px, offset in µm.
+
+    In OME-NGFF 0.5 the version is not repeated here: :func:`ngff_attrs` puts it in the
+    ``ome`` block that holds this list."""
     return [
         {
-            "version": NGFF_VERSION,
             "name": name,
             "axes": [
                 {"name": "c", "type": "channel"},
@@ -190,23 +196,44 @@ def ngff_multiscales(name: str, pixel_um: float, translation_um: list[float], ki
     ]
 
 
+def ngff_attrs(multiscales: list[dict[str, Any]], bcpath: Mapping[str, Any], **ome: Any) -> dict[str, Any]:
+    """Group attributes of an OME-NGFF ``NGFF_VERSION`` (Zarr v3) store: the ``ome`` block
+    (version, multiscales, and any other OME key given, e.g. ``omero`` or ``image-label``)
+    beside bcpath's own ``bcpath`` block."""
+    return {"ome": {"version": NGFF_VERSION, "multiscales": multiscales, **ome}, "bcpath": dict(bcpath)}
+
+
+def ngff_version(path: str | os.PathLike[str]) -> str | None:
+    """The OME-NGFF version of a Zarr group (0.5+: attrs["ome"]["version"]; 0.4: the
+    ``multiscales`` entry's version); None when it has no OME-NGFF metadata."""
+    import zarr
+
+    attrs: Any = zarr.open_group(str(path), mode="r").attrs.asdict()
+    if isinstance(attrs.get("ome"), Mapping) and "version" in attrs["ome"]:
+        return str(attrs["ome"]["version"])
+    multiscales = attrs.get("multiscales")
+    if isinstance(multiscales, list) and multiscales and "version" in multiscales[0]:
+        return str(multiscales[0]["version"])
+    return None
+
+
 def ngff_attributes(slide: Slide, grid: TileGrid, params: TilingParams) -> dict[str, Any]:
-    """OME-NGFF 0.4 ``multiscales`` + ``omero`` metadata, plus bcpath's own block."""
+    """OME-NGFF ``multiscales`` + ``omero`` metadata, plus bcpath's own block."""
     translation_um = [0.0, grid.origin_y0 * slide.mpp, grid.origin_x0 * slide.mpp]
     channels = [
         {"label": name, "color": color, "window": {"start": 0, "end": 255, "min": 0, "max": 255}, "active": True}
         for name, color in (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"))
     ]
-    return {
-        "multiscales": ngff_multiscales(
-            slide.slide_id,
-            params.mpp,
-            translation_um,
-            kind="area",
-            description="tissue region re-tiled at the analysis resolution; unwritten chunks are background",
-        ),
-        "omero": {"name": slide.slide_id, "channels": channels, "rdefs": {"model": "color"}},
-        "bcpath": {
+    multiscales = ngff_multiscales(
+        slide.slide_id,
+        params.mpp,
+        translation_um,
+        kind="area",
+        description="tissue region re-tiled at the analysis resolution; unwritten chunks are background",
+    )
+    return ngff_attrs(
+        multiscales,
+        {
             "slide_id": slide.slide_id,
             "mpp": params.mpp,
             "level0_mpp": slide.mpp,
@@ -217,22 +244,78 @@ def ngff_attributes(slide: Slide, grid: TileGrid, params: TilingParams) -> dict[
             "n_tiles": grid.n_tiles,
             "compression": params.compression,
         },
-    }
+        omero={"name": slide.slide_id, "channels": channels, "rdefs": {"model": "color"}},
+    )
 
 
-def _compressor(params: TilingParams) -> tuple[Any, tuple[int, int, int]]:
-    """(numcodecs compressor, chunk shape) for the chosen compression."""
-    import numcodecs
+JPEG_CODEC_NAME = "bcpath.jpeg"
+
+
+@dataclass(frozen=True)
+class JpegChunkCodec:
+    """Zarr v3 array → bytes codec: each (1, H, W) uint8 chunk as one greyscale JPEG.
+
+    NGFF puts channels first, so an RGB tile is three greyscale JPEG chunks. Registered
+    with Zarr under ``JPEG_CODEC_NAME`` by :func:`register_jpeg_codec`; other Zarr readers
+    need the same codec to decode these chunks (lossless stores need nothing extra)."""
+
+    level: int = 90
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JpegChunkCodec:
+        return cls(**dict(data.get("configuration") or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": JPEG_CODEC_NAME, "configuration": {"level": self.level}}
+
+
+def register_jpeg_codec() -> type:
+    """Register the JPEG chunk codec with Zarr (idempotent); returns the codec class."""
+    import asyncio
+
+    import imagecodecs
+    import zarr.registry
+    from zarr.abc.codec import ArrayBytesCodec
+
+    cached = globals().get("_JPEG_CODEC")
+    if cached is not None:
+        return cached
+
+    @dataclass(frozen=True)
+    class _Jpeg(JpegChunkCodec, ArrayBytesCodec):  # type: ignore[misc]
+        is_fixed_size = False
+
+        def evolve_from_array_spec(self, array_spec: Any) -> Any:
+            return self
+
+        def compute_encoded_size(self, input_byte_length: int, chunk_spec: Any) -> int:
+            raise NotImplementedError
+
+        async def _decode_single(self, chunk_bytes: Any, chunk_spec: Any) -> Any:
+            pixels = await asyncio.to_thread(imagecodecs.jpeg8_decode, chunk_bytes.to_bytes())
+            return chunk_spec.prototype.nd_buffer.from_ndarray_like(np.asarray(pixels).reshape(chunk_spec.shape))
+
+        async def _encode_single(self, chunk_array: Any, chunk_spec: Any) -> Any:
+            pixels = np.ascontiguousarray(chunk_array.as_ndarray_like()).reshape(chunk_spec.shape[-2:])
+            data = await asyncio.to_thread(imagecodecs.jpeg8_encode, pixels, level=self.level)
+            return chunk_spec.prototype.buffer.from_bytes(bytes(data))
+
+    _Jpeg.__name__ = _Jpeg.__qualname__ = "JpegChunkCodec"
+    zarr.registry.register_codec(JPEG_CODEC_NAME, _Jpeg)
+    globals()["_JPEG_CODEC"] = _Jpeg
+    return _Jpeg
+
+
+def _codecs(params: TilingParams) -> tuple[dict[str, Any], tuple[int, int, int]]:
+    """(create_array codec keywords, chunk shape) for the chosen compression."""
+    from zarr.codecs import BloscCodec
 
     if params.compression == "lossless":
-        return numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.SHUFFLE), (3, params.tile_px, params.tile_px)
+        return {"compressors": BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")}, (3, params.tile_px, params.tile_px)
     if params.compression == "jpeg":
-        from imagecodecs.numcodecs import Jpeg, register_codecs
-
-        register_codecs(codecs=["imagecodecs_jpeg"], verbose=False)
-        # JPEG codes 2-D or (y, x, c) chunks; NGFF puts channels first, so each channel
-        # is its own greyscale JPEG chunk.
-        return Jpeg(level=params.jpeg_quality), (1, params.tile_px, params.tile_px)
+        # JPEG codes 2-D chunks; NGFF puts channels first, so each channel is its own
+        # greyscale JPEG chunk.
+        return {"serializer": register_jpeg_codec()(level=params.jpeg_quality), "compressors": None}, (1, params.tile_px, params.tile_px)
     raise ValueError(f"tiling compression must be 'lossless' or 'jpeg', not {params.compression!r}")
 
 
@@ -240,8 +323,8 @@ def create_tile_store(path: Path, slide: Slide, grid: TileGrid, params: TilingPa
     """Create the OME-NGFF group and its empty level-0 array; returns the array."""
     import zarr
 
-    compressor, chunks = _compressor(params)
-    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    codecs, chunks = _codecs(params)
+    group = zarr.open_group(str(path), mode="w", zarr_format=ZARR_FORMAT)
     group.attrs.update(ngff_attributes(slide, grid, params))
     return group.create_array(
         "0",
@@ -249,21 +332,25 @@ def create_tile_store(path: Path, slide: Slide, grid: TileGrid, params: TilingPa
         chunks=chunks,
         dtype="uint8",
         fill_value=255,
-        compressors=compressor,
-        chunk_key_encoding={"name": "v2", "separator": "/"},
+        dimension_names=["c", "y", "x"],
+        **codecs,
     )
 
 
 def open_tiles(path: str | os.PathLike[str]) -> Any:
-    """Open a tiles.zarr level-0 array read-only, (3, H, W) uint8, whatever its compression."""
+    """Open a tiles.zarr level-0 array read-only, (3, H, W) uint8, whatever its compression
+    (stores written before OME-NGFF 0.5, Zarr v2, still open)."""
     import zarr
 
     group = zarr.open_group(str(path), mode="r")
     meta = group.attrs.get("bcpath", {})
     if isinstance(meta, Mapping) and meta.get("compression") == "jpeg":
-        from imagecodecs.numcodecs import register_codecs
+        if group.metadata.zarr_format == 2:
+            from imagecodecs.numcodecs import register_codecs
 
-        register_codecs(codecs=["imagecodecs_jpeg"], verbose=False)
+            register_codecs(codecs=["imagecodecs_jpeg"], verbose=False)
+        else:
+            register_jpeg_codec()
     return group["0"]
 
 

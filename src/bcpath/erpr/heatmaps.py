@@ -7,7 +7,7 @@ are NaN. In level-0 px, cell (i, j) covers ``origin + [j, j+1)·s·level0_px_per
 
 Files (``heatmaps/{model}.*``):
 
-    .zarr     OME-NGFF 0.4 image (Zarr v2), array "0" of shape (n_classes, H', W') float32 (fill
+    .zarr     OME-NGFF 0.5 image (Zarr v3; bcpath.tiling.NGFF_VERSION), array "0" of shape (n_classes, H', W') float32 (fill
               NaN), one channel per class (omero labels = class names); scale/translation in µm so
               it overlays tiles.zarr and the slide; attrs["bcpath"] repeats the grid in px.
     .png      p(positive) over tissue, blue (0) → grey (0.5) → red (1), black outside tissue.
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bcpath.tiling import ngff_multiscales
+from bcpath.tiling import ZARR_FORMAT, ngff_attrs, ngff_multiscales
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -88,7 +88,7 @@ def write_heatmap_zarr(
     model_id: str | None = None,
     patch_px: int | None = None,
 ) -> None:
-    """Write heatmaps as an OME-NGFF 0.4 image (Zarr v2), atomically.
+    """Write heatmaps as an OME-NGFF image (``bcpath.tiling.NGFF_VERSION``, Zarr v3), atomically.
 
     Args:
         path: the ``.zarr`` directory to write.
@@ -120,16 +120,16 @@ def write_heatmap_zarr(
         {"label": name, "color": color, "window": {"start": 0.0, "end": 1.0, "min": 0.0, "max": 1.0}, "active": k == 0}
         for k, (name, color) in enumerate(zip(class_names, ("FF0000", "0000FF", "00FF00", "FFFF00", "FF00FF"), strict=False))
     ]
-    attrs: dict[str, Any] = {
-        "multiscales": ngff_multiscales(
-            model_id or "heatmap",
-            cell_um,
-            translation,
-            kind="mean",
-            description="patch class probabilities per stride cell; NaN = no tissue patch",
-        ),
-        "omero": {"name": model_id or "heatmap", "channels": channels, "rdefs": {"model": "greyscale"}},
-        "bcpath": {
+    multiscales = ngff_multiscales(
+        model_id or "heatmap",
+        cell_um,
+        translation,
+        kind="mean",
+        description="patch class probabilities per stride cell; NaN = no tissue patch",
+    )
+    attrs = ngff_attrs(
+        multiscales,
+        {
             "model_id": model_id,
             "classes": list(class_names),
             "stride_px": int(stride_px),
@@ -141,14 +141,15 @@ def write_heatmap_zarr(
             "origin_y0": float(origin_level0[1]),
             "level0_px_per_cell": float(cell_um / level0_mpp),
         },
-    }
+        omero={"name": model_id or "heatmap", "channels": channels, "rdefs": {"model": "greyscale"}},
+    )
     chunk = (1, min(1024, max(1, maps.shape[1])), min(1024, max(1, maps.shape[2])))
     with atomic_dir(path) as tmp:
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=ZARR_FORMAT)
         group.attrs.update(attrs)
         array = group.create_array(
             "0", shape=maps.shape, chunks=chunk, dtype="float32", fill_value=float("nan"),
-            chunk_key_encoding={"name": "v2", "separator": "/"},
+            dimension_names=["c", "y", "x"],
         )
         array[...] = maps
 
