@@ -306,19 +306,18 @@ def chunk_keys(zarr_path: Path) -> set[str]:
 
 def patch_clevel(clevel: int) -> None:
     """Make bcpath.tiling's lossless compressor Blosc zstd at ``clevel`` (what-if runs only)."""
-    import numcodecs
+    from zarr.codecs import BloscCodec
 
     import bcpath.tiling
 
-    original = bcpath.tiling._compressor
+    original = bcpath.tiling._codecs
 
-    def compressor(params: TilingParams) -> tuple[Any, tuple[int, int, int]]:
+    def codecs(params: TilingParams) -> tuple[dict[str, Any], tuple[int, int, int]]:
         if params.compression != "lossless":
             return original(params)
-        codec = numcodecs.Blosc(cname="zstd", clevel=clevel, shuffle=numcodecs.Blosc.SHUFFLE)
-        return codec, (3, params.tile_px, params.tile_px)
+        return {"compressors": BloscCodec(cname="zstd", clevel=clevel, shuffle="shuffle")}, (3, params.tile_px, params.tile_px)
 
-    bcpath.tiling._compressor = compressor
+    bcpath.tiling._codecs = codecs
 
 
 def preload() -> None:
@@ -350,7 +349,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tile-px", type=int, default=TilingParams.tile_px)
     parser.add_argument("--min-tissue-fraction", type=float, default=TilingParams.min_tissue_fraction)
     parser.add_argument("--compression", choices=["lossless", "jpeg"], default=TilingParams.compression)
-    parser.add_argument("--what-if-clevel", type=int, metavar="N", help="what-if: Blosc zstd level N instead of bcpath's (5) for ours and naive alike (patches bcpath.tiling._compressor in this process only)")
+    parser.add_argument("--what-if-clevel", type=int, metavar="N", help="what-if: Blosc zstd level N instead of bcpath's (5) for ours and naive alike (patches bcpath.tiling._codecs in this process only)")
     parser.add_argument("--threads", type=int, default=2, help="threads for ours and the decode limit (rule tile_slide: 2)")
     parser.add_argument("--no-single-thread", action="store_true", help="skip the extra 'ours, 1 thread' row")
     parser.add_argument("--no-native", action="store_true", help="skip the 'openslide native tiles' row")
