@@ -73,12 +73,51 @@ def render_ihc(
         noise_sd: Gaussian noise in 8-bit units.
     """
     hema, eosin = hematoxylin_from_he(rgb)
+    return render_ihc_from_amounts(
+        hema, eosin, labels, rng, positive_fraction=positive_fraction, dab_od=dab_od,
+        nuclear_hematoxylin_od=nuclear_hematoxylin_od, haze_od=haze_od, vector_sd=vector_sd,
+        white=white, noise_sd=noise_sd,
+    )  # fmt: skip
+
+
+def render_ihc_from_amounts(
+    hema: NDArray[np.float32],
+    eosin: NDArray[np.float32],
+    labels: NDArray[np.integer],
+    rng: np.random.Generator,
+    *,
+    positive_fraction: tuple[float, float] = (0.0, 0.7),
+    dab_od: tuple[float, float] = (0.12, 1.5),
+    nuclear_hematoxylin_od: tuple[float, float] = (0.2, 0.9),
+    haze_od: tuple[float, float] = (0.0, 0.08),
+    vector_sd: float = 0.05,
+    white: tuple[float, float] = (225.0, 252.0),
+    noise_sd: float = 2.0,
+    log_uniform_hematoxylin: bool = False,
+    eosin_counterstain: tuple[float, float] = (0.0, 0.15),
+    blur_sigma_px: tuple[float, float] = (0.0, 0.0),
+    stroma_dab_od: tuple[float, float] = (0.0, 0.0),
+) -> NDArray[np.uint8]:
+    """:func:`render_ihc` from hematoxylin and eosin amounts already separated
+    (:func:`hematoxylin_from_he`), so that one H&E image renders many times cheaply.
+
+    Extra args (defaults keep :func:`render_ihc`'s behaviour):
+        log_uniform_hematoxylin: draw the nuclear hematoxylin level log-uniformly (a wide range,
+            from barely visible to dark, is then spread evenly over its decades).
+        eosin_counterstain: range of the share of eosin kept as faint counterstain.
+        blur_sigma_px: range of a Gaussian blur (out of focus scans) of the rendered OD.
+        stroma_dab_od: range of DAB laid on the eosin-stained cytoplasm and stroma (OD at the
+            image's 90th eosin percentile): the beige, structured background of real IHC, which
+            is not a nucleus.
+    """
     lab = np.asarray(labels)
     inside = lab > 0
     reference = float(np.percentile(hema[inside], 90)) if inside.any() else float(np.percentile(hema, 99))
-    hema = hema * (rng.uniform(*nuclear_hematoxylin_od) / max(reference, 0.05))
+    low_h, high_h = nuclear_hematoxylin_od
+    level = float(np.exp(rng.uniform(np.log(low_h), np.log(high_h)))) if log_uniform_hematoxylin else rng.uniform(low_h, high_h)
+    hema = hema * (level / max(reference, 0.05))
     # A little of the eosin-stained cytoplasm/stroma stays visible as counterstain.
-    hema = hema + rng.uniform(0.0, 0.15) * eosin
+    hema = hema + rng.uniform(*eosin_counterstain) * eosin
 
     ids = np.unique(lab[inside])
     amount = np.zeros(int(lab.max()) + 1 if lab.size else 1, np.float32)
@@ -92,10 +131,17 @@ def render_ihc(
     dab = cv2.GaussianBlur((nuclear_dab * texture).astype(np.float32), (0, 0), 1.0)
     hema = np.where(nuclear_dab > 0, hema * rng.uniform(0.2, 0.8), hema)
     dab = dab + rng.uniform(*haze_od)
+    if stroma_dab_od[1] > 0:
+        eosin_ref = max(float(np.percentile(eosin, 90)), 0.05)
+        dab = dab + rng.uniform(*stroma_dab_od) * np.clip(eosin / eosin_ref, 0, 2) * (nuclear_dab == 0)
 
     h_vec = _jitter(QUPATH_HEMATOXYLIN, rng, vector_sd)
     d_vec = _jitter(QUPATH_DAB, rng, vector_sd)
     od = hema[..., None] * h_vec + dab[..., None] * d_vec
+    if blur_sigma_px[1] > 0:
+        sigma = rng.uniform(*blur_sigma_px)
+        if sigma > 0.05:
+            od = cv2.GaussianBlur(od.astype(np.float32), (0, 0), sigma)
     glass = np.clip(rng.uniform(*white) + rng.normal(0.0, 6.0, 3), 0, 255)
     out = glass * np.power(10.0, -od) + rng.normal(0.0, noise_sd, od.shape)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
