@@ -31,17 +31,17 @@ variant with the best such mean is then trained on all three sets for the rest o
 and written as a model folder (``best.pt``, ``train.json``, ``stain.json`` for Vahadane input)
 loadable by :func:`bcpath.nuclei.training.load_nuclei_model`.
 
-Outputs in ``--out`` (at most 5 files, written as they come, so a timeout still leaves them):
-``lodo.json`` (every fold's summary at every threshold, the chosen thresholds, the table,
-timings; rewritten after every fold), ``lodo_per_image.csv`` (per image at the variant's
-chosen threshold), ``lodo.md`` (the table), ``final_model.tar`` (the model folder), and the
-shell wrapper's ``run.log``.
+Outputs in ``--out`` (at most 6 files, each under 16 MB, written as they come, so a timeout
+still leaves them): ``lodo.json`` (every fold's summary and per-image scores at every threshold,
+the chosen thresholds, the table as markdown, timings; rewritten after every fold),
+``final_model.tar`` (the model folder, weights in float16), split into
+``final_model.tar.00``, ``.01``, ... of 15 MB when larger (``cat final_model.tar.* >
+final_model.tar``), and the shell wrapper's ``run.log``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import io
 import json
@@ -75,6 +75,7 @@ IB_THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8)
 MODEL_MPP = 0.5
 MIN_AREA_PX = 10
 PAD = 48  # reflect margin around each image for rotated crops
+PART_BYTES = 15_000_000  # returned files must stay under 16 MB
 DIST_WEIGHT = 5.0  # weight of the distance map's MSE beside CE + Dice
 
 #: name → (encoder, base width, input, decoding, lr)
@@ -169,8 +170,7 @@ def _targets(key: tuple[str, int]) -> tuple[str, int, dict[str, np.ndarray]]:
 
 
 def _worker_init() -> None:
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
+    cv2.setNumThreads(1)  # (no torch call here: torch's thread pool after fork can deadlock)
 
 
 def _score(job: tuple[str, int, np.ndarray, str, tuple[float, ...]]) -> tuple[str, int, list[dict[str, float]]]:
@@ -485,16 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     result["table"] = table
     if table:
         result["table_markdown"] = lodo_markdown(table, [h for h, _ in folds])
-        (out / "lodo.md").write_text(result["table_markdown"] + "\n")
-        with open(out / "lodo_per_image.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["variant", "held_out", "threshold", "image", "aji", "inter", "union", "n_gt", "n_pred"])
-            for v in table:
-                t = str(chosen[v]["threshold"])
-                for held, per_t in result["per_image"][v].items():
-                    key = next(k for k in per_t if float(k) == float(t))
-                    for r in per_t[key]:
-                        w.writerow([v, held, t, r["image"], f"{r['aji']:.4f}", int(r["inter"]), int(r["union"]), r["n_gt"], r["n_pred"]])
+        result["per_image_at_chosen"] = [
+            {"variant": v, "held_out": held, "threshold": chosen[v]["threshold"], **r}
+            for v in table for held, per_t in result["per_image"][v].items()
+            for r in per_t[next(k for k in per_t if float(k) == float(chosen[v]["threshold"]))]
+        ]  # fmt: skip
     write_result()
     log("LODO done" + ("\n" + result.get("table_markdown", "") if table else ": no complete variant"))
 
@@ -524,7 +519,9 @@ def main(argv: list[str] | None = None) -> int:
 def write_model(out: Path, model: torch.nn.Module, name: str, variant: dict[str, Any], chosen: dict[str, Any],
                 info: dict[str, Any], result: dict[str, Any], args: argparse.Namespace) -> None:
     """The model folder of bcpath.nuclei.training.load_nuclei_model, as final_model.tar."""
-    state = {k: v.detach().float().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    # float16 for the transfer (≤ 16 MB per returned file): a ResNet-34 U-Net is ~48 MB so
+    # (split in parts), a base-16 plain U-Net 4 MB; load_state_dict casts back to float32.
+    state = {k: v.detach().half().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone() for k, v in model.state_dict().items()}
     buf = io.BytesIO()
     torch.save(state, buf)
     weights = buf.getvalue()
@@ -560,11 +557,18 @@ def write_model(out: Path, model: torch.nn.Module, name: str, variant: dict[str,
     stain = ROOT / "models" / "nuclei_unet" / "stain.json"
     if meta["stain_normalisation"] and stain.is_file():
         files["stain.json"] = stain.read_bytes()
-    with tarfile.open(out / "final_model.tar", "w") as tar:
+    tar_buf = io.BytesIO()
+    with tarfile.open(fileobj=tar_buf, mode="w") as tar:
         for fname, data in files.items():
             ti = tarfile.TarInfo(f"final_model/{fname}")
             ti.size = len(data)
             tar.addfile(ti, io.BytesIO(data))
+    data = tar_buf.getvalue()
+    if len(data) <= PART_BYTES:
+        (out / "final_model.tar").write_bytes(data)
+        return
+    for k in range(0, len(data), PART_BYTES):  # cat final_model.tar.* > final_model.tar
+        (out / f"final_model.tar.{k // PART_BYTES:02d}").write_bytes(data[k : k + PART_BYTES])
 
 
 if __name__ == "__main__":

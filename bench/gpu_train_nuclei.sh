@@ -6,8 +6,8 @@
 #
 # Needs .gpu_data/nuclei_pack.npz (bench/gpu_nuclei_pack.py, made where ../shared is) and
 # python with torch, torchvision, numpy, scipy, scikit-image, opencv, tifffile. Everything it
-# writes goes to $OUT (at most 5 files: lodo.json, lodo.md, lodo_per_image.csv,
-# final_model.tar, run.log); lodo.json is rewritten after every fold, so a timeout leaves it.
+# writes goes to $OUT (at most 6 files: run.log, lodo.json, final_model.tar or its 15 MB parts
+# final_model.tar.00, .01, ...); lodo.json is rewritten after every fold, so a timeout leaves it.
 set -u
 OUT=${1:?usage: gpu_train_nuclei.sh OUT [BUDGET_S]}
 BUDGET=${2:-360}

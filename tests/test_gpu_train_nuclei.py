@@ -43,8 +43,9 @@ def test_pack_and_dry_run(tmp_path: Path) -> None:
     assert set(result["table"]) == {"plain16_vahadane_ib", "plain16_stainaug_dist"}
     row = result["table"]["plain16_stainaug_dist"]["monuseg"]
     assert 0.0 <= row["mean_aji"] <= 1.0 and row["worst_image"].startswith("TCGA-")
-    assert (out / "lodo.md").read_text().startswith("| variant |")
-    assert sorted(p.name for p in out.iterdir()) == ["final_model.tar", "lodo.json", "lodo.md", "lodo_per_image.csv"]
+    assert result["table_markdown"].startswith("| variant |")
+    assert {r["variant"] for r in result["per_image_at_chosen"]} == set(result["table"])
+    assert sorted(p.name for p in out.iterdir()) == ["final_model.tar", "lodo.json"]
     with tarfile.open(out / "final_model.tar") as tar:
         tar.extractall(tmp_path, filter="data")
     meta = json.loads((tmp_path / "final_model" / "train.json").read_text())

@@ -298,3 +298,67 @@ def test_aji_plus_against_brute_force_small():
     c = inter_sq[np.arange(n), list(best)].sum()
     u = ov.gt_area.sum() + ov.pred_area.sum() - c
     assert aji_plus(gt, pred) == pytest.approx(c / u)
+
+
+# --------------------------------------------------------------------------- issue 13 pieces
+
+
+def test_aji_components_pool_to_the_aji_of_one_image() -> None:
+    from bcpath.nuclei.metrics import aji, aji_components
+
+    gt = np.zeros((20, 20), np.int32)
+    gt[2:8, 2:8], gt[10:16, 10:16] = 1, 2
+    pred = np.zeros_like(gt)
+    pred[3:8, 2:8], pred[10:18, 10:16] = 5, 7
+    inter, union = aji_components(gt, pred)
+    assert inter / union == pytest.approx(aji(gt, pred))
+    assert inter == 30 + 36 and union == 36 + 48
+
+
+def test_summarise_set_pooled_mean_and_worst() -> None:
+    from bcpath.nuclei.lodo import MixedSampler, choose_threshold, lodo_folds, summarise_set
+
+    rows = [{"image": "a", "aji": 0.5, "inter": 50, "union": 100}, {"image": "b", "aji": 0.2, "inter": 2, "union": 10}]
+    s = summarise_set(rows)
+    assert s["mean_aji"] == pytest.approx(0.35) and s["pooled_aji"] == pytest.approx(52 / 110)
+    assert (s["worst_image"], s["worst_aji"]) == ("b", 0.2)
+    assert lodo_folds(["x", "y", "z"])[1] == ("y", ["x", "z"])
+    per_set = {"x": {0.4: {"mean_aji": 0.5}, 0.6: {"mean_aji": 0.6}}, "y": {0.4: {"mean_aji": 0.5}, 0.6: {"mean_aji": 0.3}}}
+    assert choose_threshold(per_set) == 0.4  # the mean over sets, not the best single set
+    # set uniform, then source image uniform: set 0 has one source of 30 tiles, set 1 three sources
+    sampler = MixedSampler([["s"] * 30, ["a", "b", "b", "c"]], seed=0)
+    draws = sampler.draw(6000)
+    sets = np.array([d[0] for d in draws])
+    assert abs((sets == 0).mean() - 0.5) < 0.03
+    ones = np.array([d[1] for d in draws if d[0] == 1])
+    assert abs((ones == 0).mean() - 1 / 3) < 0.04  # source "a" (one tile) as often as "b" (two)
+
+
+def test_distance_decoding_splits_touching_nuclei() -> None:
+    from bcpath.nuclei.targets import distance_target, encode_targets, instances_from_distance
+
+    yy, xx = np.mgrid[0:40, 0:60]
+    labels = np.zeros((40, 60), np.int32)
+    labels[(yy - 20) ** 2 + (xx - 20) ** 2 <= 100] = 1
+    labels[((yy - 20) ** 2 + (xx - 37) ** 2 <= 100) & (labels == 0)] = 2  # touching disc
+    dist = distance_target(labels)
+    assert dist.max() == pytest.approx(1.0) and dist[labels == 0].max() == 0
+    assert dist[20, 20] == pytest.approx(1.0, abs=0.1) and dist[20, 38] > 0.7
+    # a "network" that merged the two into one foreground blob with no boundary between them
+    probs = np.zeros((3, 40, 60), np.float32)
+    probs[0] = labels == 0
+    probs[1] = labels > 0
+    pred = instances_from_distance(probs, dist, 0.5, 0.5, min_area_px=10)
+    assert len(np.unique(pred)) - 1 == 2
+    from bcpath.nuclei.metrics import aji
+
+    assert aji(labels, pred) > 0.85
+    assert encode_targets(labels).max() == 2
+
+
+def test_source_image_groups_consep_tiles() -> None:
+    from bcpath.nuclei.datasets import source_image
+
+    assert source_image("train_12_003") == "train_12"
+    assert source_image("image03") == "image03"
+    assert source_image("TCGA-A7-A13E-01Z-00-DX1") == "TCGA-A7-A13E-01Z-00-DX1"

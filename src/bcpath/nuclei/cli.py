@@ -3,6 +3,13 @@
     bcpath nuclei predict --model {otsu,watershed,fiji} [--mpp 0.25] IMAGE... --out DIR
     bcpath nuclei evaluate --pred DIR --truth DIR [--out table.csv]
     bcpath nuclei train --data DIR [DIR...] --out DIR [--epochs N --encoder NAME ...]
+    bcpath nuclei lodo --model {fiji,...,MODEL_DIR} [--set NAME=DIR ...] [--out DIR]
+    bcpath nuclei lodo --train [--epochs N --max-minutes M ...] --out DIR
+
+``lodo``: leave-one-dataset-out (:mod:`bcpath.nuclei.lodo`): per set, mean AJI, pooled AJI and
+the worst image; ``--model`` scores a fixed segmenter on every set, ``--train`` trains the
+U-Net on two sets and scores the third, per fold (CPU-sized; bench/gpu_train_nuclei.py is the
+GPU version). Sets default to ``../shared/data/nuclei/{monuseg_nonbreast,cpm15,consep_train}``.
 
 ``--model`` of ``predict`` may also be a trained model (``train``'s output folder or its best.pt).
 
@@ -266,6 +273,7 @@ def add_nuclei_subparser(sub: argparse._SubParsersAction) -> None:  # type: igno
     evaluate.set_defaults(func=_cmd_evaluate)
 
     add_train_subparser(actions)
+    add_lodo_subparser(actions)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -329,3 +337,95 @@ def add_train_subparser(actions: argparse._SubParsersAction) -> None:  # type: i
     train.add_argument("--target-stain", choices=["he", "ihc"], default="he", help="ihc: train on the images re-rendered as DAB + hematoxylin (nuclei for IHC scoring)")
     train.add_argument("--init-from", metavar="MODEL_DIR", help="start from an earlier training folder's best.pt (fine-tune or continue; same architecture)")
     train.set_defaults(func=_cmd_train)
+
+
+def _lodo_sets(items: Sequence[str] | None, root: str) -> dict[str, str]:
+    from bcpath.nuclei.lodo import DEFAULT_SETS
+
+    if not items:
+        return {k: str(Path(root) / v) for k, v in DEFAULT_SETS.items()}
+    sets = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise BcpathError(f"--set {item!r}: expected NAME=DIR, e.g. consep=../shared/data/nuclei/consep_train")
+        sets[name] = folder
+    return sets
+
+
+def _cmd_lodo(args: argparse.Namespace) -> int:
+    import json
+
+    from bcpath.io import json_ready, write_json
+    from bcpath.nuclei.lodo import evaluate_by_set, lodo_markdown, run_lodo
+
+    sets = _lodo_sets(args.set, args.root)
+    for name, folder in sets.items():
+        if not Path(folder).is_dir():
+            raise BcpathError(f"lodo set {name}: no folder {folder}")
+    if args.train:
+        from bcpath.nuclei.training import load_nuclei_model, predict_instances, train_nuclei_model
+
+        if not args.out:
+            raise BcpathError("bcpath nuclei lodo --train needs --out DIR (one model per fold)")
+
+        def train_fold(folders: list[Path], out: Path):  # type: ignore[no-untyped-def]
+            train_nuclei_model(
+                folders, out, encoder=args.encoder, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                patience=args.patience, seed=args.seed, device=args.device, max_minutes=args.max_minutes,
+                plain_base=args.plain_base,
+            )  # fmt: skip
+            bundle = load_nuclei_model(out, device=args.device)
+            return lambda rgb, mpp: predict_instances(bundle, rgb, mpp)
+
+        result = run_lodo(sets, train_fold, args.out)
+        table = {f"U-Net ({args.encoder}), trained per fold": {k: v for k, v in result["folds"].items()}}
+    else:
+        if not args.model:
+            raise BcpathError("bcpath nuclei lodo: give --model (a baseline or a model folder) or --train")
+        from bcpath.nuclei.classical import BASELINES, classical_baseline
+
+        if args.model in BASELINES:
+            def segmenter(rgb, mpp):  # type: ignore[no-untyped-def]
+                return classical_baseline(args.model, rgb, mpp)
+        else:
+            if not Path(args.model).exists():
+                raise _model_error(args.model)
+            from bcpath.nuclei.training import load_nuclei_model, predict_instances
+
+            bundle = load_nuclei_model(args.model, device=args.device)
+
+            def segmenter(rgb, mpp):  # type: ignore[no-untyped-def]
+                return predict_instances(bundle, rgb, mpp)
+
+        summary, rows = evaluate_by_set(sets, segmenter)
+        result = {"model": args.model, "sets": sets, "summary": summary, "per_image": rows}
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            write_json(Path(args.out) / "lodo.json", json_ready(result))
+        table = {args.model: summary}
+    sys.stdout.write(lodo_markdown(table, list(sets)) + "\n")
+    if args.json:
+        sys.stdout.write(json.dumps(json_ready(result)) + "\n")
+    return 0
+
+
+def add_lodo_subparser(actions: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``bcpath nuclei lodo`` on the ``nuclei`` sub-command's ``actions``."""
+    lodo = actions.add_parser("lodo", help="leave-one-dataset-out validation: mean / pooled AJI and worst image per held-out set")
+    lodo.add_argument("--set", action="append", metavar="NAME=DIR", help="an annotated set (MoNuSeg or CPM-15 layout); repeat; default the three sets under --root")
+    lodo.add_argument("--root", default="../shared/data/nuclei", help="folder of the default sets")
+    lodo.add_argument("--model", help="fixed segmenter scored on every set: a classical baseline or a model folder")
+    lodo.add_argument("--train", action="store_true", help="train the U-Net per fold (two sets) and score the third")
+    lodo.add_argument("--out", help="output folder (lodo.json; with --train one model folder per fold)")
+    lodo.add_argument("--json", action="store_true", help="also print the full result as JSON")
+    lodo.add_argument("--device", default="cpu")
+    lodo.add_argument("--encoder", default="plain")
+    lodo.add_argument("--plain-base", type=int, default=16)
+    lodo.add_argument("--epochs", type=int, default=12)
+    lodo.add_argument("--batch-size", type=int, default=4)
+    lodo.add_argument("--lr", type=float, default=1e-3)
+    lodo.add_argument("--patience", type=int, default=4)
+    lodo.add_argument("--seed", type=int, default=0)
+    lodo.add_argument("--max-minutes", type=float, help="per fold")
+    lodo.set_defaults(func=_cmd_lodo)
