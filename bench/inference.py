@@ -81,12 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--architecture", help="override the entry's architecture (e.g. inception_v3)")
     parser.add_argument("--patch-px", type=int, help="override the entry's patch size")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--stride-px", type=int, default=None, help="patch stride (default: the patch size, as the workflow); smaller = overlapping patches, more of them per tile")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads / DataLoader budget (the rule's threads)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--size", type=int, nargs=2, default=(12000, 9000), metavar=("W", "H"), help="demo slide level-0 px")
     parser.add_argument("--quick", action="store_true", help="small slide, 1 rep (smoke test)")
     parser.add_argument("--tmp", type=Path, default=None, help="folder for the temporary slide")
+    parser.add_argument("--tiles", type=Path, default=None, help="a folder holding tiles.zarr + grid.parquet made earlier (at the model's µm/px) instead of a new demo slide: how bench/gpu_check.py measures on a machine without OpenSlide")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -105,13 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in __import__('os').getloadavg())}")
 
     with tempfile.TemporaryDirectory(prefix="bcpath-bench-", dir=args.tmp) as tmp:
-        # In a child process, so this process's peak RSS is inference's alone.
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        if args.tiles is not None:
+            tiles, grid = args.tiles / "tiles.zarr", args.tiles / "grid.parquet"
+        else:
+            # In a child process, so this process's peak RSS is inference's alone.
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            tiles, grid = pool.submit(make_tiles, Path(tmp), tuple(args.size), spec.mpp, 512).result()
-        dataset = PatchDataset(tiles, grid, spec.patch_px)
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                tiles, grid = pool.submit(make_tiles, Path(tmp), tuple(args.size), spec.mpp, 512).result()
+        dataset = PatchDataset(tiles, grid, spec.patch_px, args.stride_px)
         n = len(dataset)
         torch.manual_seed(0)
         model = build_model(spec).eval().to(device)
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             batches.append(x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x)
 
         def full() -> None:
-            predict_slide(model, spec, tiles, grid, batch_size=args.batch_size, device=device, progress=False, threads=args.threads)
+            predict_slide(model, spec, tiles, grid, stride_px=args.stride_px, batch_size=args.batch_size, device=device, progress=False, threads=args.threads)
             if device.type == "cuda":
                 torch.cuda.synchronize()
 
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "device": device_name, "model": spec.model_id, "architecture": spec.architecture,
-            "patch_px": spec.patch_px, "batch_size": args.batch_size, "n_patches": n,
+            "patch_px": spec.patch_px, "stride_px": args.stride_px or spec.patch_px, "batch_size": args.batch_size, "n_patches": n,
             "runs_s": runs, "patches_per_s": rates, "ratio": ratio, "peak_rss_mb": peak_mb,
             "tiles_zarr_mb": zarr_mb, "torch": torch.__version__, "python": sys.version.split()[0],
             "numpy": np.__version__,
