@@ -1,6 +1,6 @@
 """``bcpath ihc score``: cell-based H-Score, NAP, Allred score and QC flags of IHC cores.
 
-    bcpath ihc score [--mpp 0.5] [--stains liu2019|qupath] IMAGE... --out DIR
+    bcpath ihc score [--mpp 0.5] [--stains liu2019|qupath] [--nuclei-model NAME|DIR] IMAGE... --out DIR
 
 For each image writes ``DIR/<stem>.cells.csv`` (x, y in image px, dab_od_mean, class in
 negative / 1+ / 2+ / 3+) and ``DIR/<stem>.json`` (summary of
@@ -66,8 +66,8 @@ def score_one(path: Path, out: Path, mpp: float | None, stains: str, ramcnn: Any
     ``ramcnn``: a :class:`bcpath.ihc.ramcnn.RamCnn` (from :func:`bcpath.ihc.ramcnn.load_ramcnn`);
     its H-Score is computed from the image's SINI/SITI (nuclei from cell scoring, the whole
     tissue as the tumor mask) resized to the model's input, so the image should frame one whole
-    core as the training cores were. ``segmenter``: nuclei from a model
-    (:func:`bcpath.ihc.score.nuclei_model_segmenter`) instead of the threshold detector.
+    core as the training cores were. ``segmenter``: the nucleus detector, a callable or a name
+    (:func:`bcpath.ihc.score.nuclei_model_segmenter`); None = the default one.
     """
     from bcpath.ihc.score import score_core
     from bcpath.images import MPP_RANGE, image_mpp
@@ -131,11 +131,10 @@ def score_files(
         from bcpath.ihc.ramcnn import load_ramcnn
 
         model, _ = load_ramcnn(ramcnn)
-    segmenter = None
-    if nuclei_model is not None:
-        from bcpath.ihc.score import nuclei_model_segmenter
+    from bcpath.ihc.score import DEFAULT_DETECTOR, nuclei_model_segmenter
 
-        segmenter = nuclei_model_segmenter(nuclei_model)
+    # None from a name means the threshold detector; score_core takes that by name.
+    segmenter = nuclei_model_segmenter(nuclei_model if nuclei_model is not None else DEFAULT_DETECTOR) or "threshold"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     done: list[Path] = []
@@ -157,6 +156,35 @@ def _cmd_score(args: argparse.Namespace) -> int:
         print(f"bcpath: {message}", file=sys.stderr)
     print(f"{len(done)} of {len(done) + len(errors)} images scored into {args.out}")
     return 1 if errors else 0
+
+
+def _cmd_detector_eval(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from bcpath.ihc.detector_eval import compare_detectors, format_table
+
+    torch.set_num_threads(max(1, args.threads))
+    result = compare_detectors(args.deepliif, args.detectors, models_dir=args.models, fade=args.fade)
+    print(format_table(result))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _cmd_train_detector(args: argparse.Namespace) -> int:
+    from bcpath.ihc.nuclei_net import train_detector
+
+    meta = train_detector(
+        args.data, args.out, width=args.width, crop=args.crop, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
+        epochs=args.epochs, patience=args.patience, lr=args.lr, seed=args.seed, threads=args.threads, max_minutes=args.max_minutes,
+    )  # fmt: skip
+    best = max(meta["validation_decode_grid"], key=lambda r: r["f1"])
+    print(f"IHC nucleus detector written to {args.out}: best epoch {meta['fit']['best_epoch']} of {meta['fit']['epochs_run']}, "
+          f"rendered-validation detection F1 {best['f1']:.3f} (centre threshold {best['center_threshold']}), {meta['cpu_minutes']:.1f} CPU min")  # fmt: skip
+    return 0
 
 
 def _cmd_nuclei_data(args: argparse.Namespace) -> int:
@@ -187,7 +215,7 @@ def _cmd_nuclei_cv(args: argparse.Namespace) -> int:
 
 
 def add_ihc_subparser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register ``bcpath ihc score | nuclei-data | nuclei-cv`` on ``sub``."""
+    """Register ``bcpath ihc score | nuclei-data | nuclei-cv | detector-eval | train-detector`` on ``sub``."""
     from bcpath.ihc.score import STAIN_CHOICES
 
     ihc = sub.add_parser("ihc", help="IHC (DAB + hematoxylin) scoring: H-Score, NAP, Allred")
@@ -197,7 +225,10 @@ def add_ihc_subparser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     score.add_argument("--mpp", type=float, help="µm/px of the images (default: from the TIFF tags)")
     score.add_argument("--stains", choices=STAIN_CHOICES, default="liu2019", help="stain vectors (default liu2019)")
     score.add_argument("--ramcnn", metavar="DIR", help="trained RAM-CNN folder (ramcnn.pt + ramcnn.json, e.g. results/models/ramcnn) for h_score_ramcnn")
-    score.add_argument("--nuclei-model", metavar="DIR", help="nuclei model folder (e.g. models/nuclei_unet) instead of the threshold detector")
+    score.add_argument(
+        "--nuclei-model", metavar="NAME|DIR",
+        help="nucleus detector: od_sum (default), learned (models/ihc_nuclei), threshold, or a model folder (e.g. models/nuclei_unet)",
+    )  # fmt: skip
     score.add_argument("--out", required=True, help="output folder")
     score.set_defaults(func=_cmd_score)
 
@@ -209,6 +240,32 @@ def add_ihc_subparser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     data.add_argument("--exclude", nargs="*", metavar="NAME", help="tile names to leave out (e.g. to keep a test tile)")
     data.add_argument("--out", required=True, help="output folder (images/, inst_masks/)")
     data.set_defaults(func=_cmd_nuclei_data)
+
+    ev = actions.add_parser(
+        "detector-eval", help="compare nucleus detectors on annotated DeepLIIF tiles: F1 within 8 px, pos/neg accuracy, % positive error per tile"
+    )
+    ev.add_argument("--deepliif", required=True, metavar="DIR", help="folder with test/, test_groundtruth/, val/")
+    ev.add_argument("--detectors", nargs="+", default=["threshold", "unet", "od_sum", "learned"], choices=["threshold", "unet", "od_sum", "learned"])
+    ev.add_argument("--models", metavar="DIR", help="models folder holding nuclei_unet/ and ihc_nuclei/ (default: the checkout's models/)")
+    ev.add_argument("--fade", type=float, help="scale the tiles' hematoxylin by this first (a paler counterstain), e.g. 0.5")
+    ev.add_argument("--threads", type=int, default=1)
+    ev.add_argument("--out", metavar="JSON", help="write per-tile results here")
+    ev.set_defaults(func=_cmd_detector_eval)
+
+    td = actions.add_parser("train-detector", help="train the learned IHC nucleus detector on H&E nuclei sets re-rendered as IHC")
+    td.add_argument("--data", nargs="+", required=True, metavar="DIR", help="nuclei sets (MoNuSeg or CPM-15 layout)")
+    td.add_argument("--out", required=True, help="output model folder (best.pt, train.json, log.csv)")
+    td.add_argument("--width", type=int, default=12)
+    td.add_argument("--crop", type=int, default=128, help="crop edge at 0.5 µm/px")
+    td.add_argument("--batch-size", type=int, default=8)
+    td.add_argument("--steps-per-epoch", type=int, default=60)
+    td.add_argument("--epochs", type=int, default=14)
+    td.add_argument("--patience", type=int, default=4)
+    td.add_argument("--lr", type=float, default=2e-3)
+    td.add_argument("--seed", type=int, default=0)
+    td.add_argument("--threads", type=int, default=1)
+    td.add_argument("--max-minutes", type=float, default=None, help="wall-clock limit (default none; the epochs bound the run)")
+    td.set_defaults(func=_cmd_train_detector)
 
     cv = actions.add_parser(
         "nuclei-cv", help="leave-one-tile-out fine-tuning of a nuclei model on annotated IHC tiles: detection F1 at 8 px"

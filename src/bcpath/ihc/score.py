@@ -2,7 +2,9 @@
 
 :func:`score_core` combines:
 
-- **cell-based scoring** as QuPath's "Positive cell detection": cells from
+- **cell-based scoring** as QuPath's "Positive cell detection": nuclei from the default
+  detector (:data:`DEFAULT_DETECTOR`, the contrast-normalised OD-sum detector of
+  :mod:`bcpath.ihc.odsum`) or another (:func:`nuclei_model_segmenter`), cells from
   :func:`bcpath.ihc.cells.detect_cells`, each classified by its mean nuclear DAB OD against
   0.2 / 0.4 / 0.6 into negative / 1+ / 2+ / 3+;
   ``H = (1·n1 + 2·n2 + 3·n3) / (n_neg + n1 + n2 + n3) × 100`` (0-300), percent positive =
@@ -222,12 +224,60 @@ class CoreScore:
         ]
 
 
-def nuclei_model_segmenter(path: str | Path) -> Callable[[np.ndarray, float], np.ndarray]:
-    """A ``segmenter`` for :func:`score_core` from a nuclei model folder (``bcpath nuclei train``;
-    e.g. models/nuclei_unet, or one trained with ``--target-stain ihc``)."""
+#: Nucleus detectors by name: "od_sum" (:mod:`bcpath.ihc.odsum`), "learned" (the shipped
+#: ``models/ihc_nuclei``, :mod:`bcpath.ihc.nuclei_net`), "threshold" (:mod:`bcpath.ihc.cells`).
+NUCLEI_DETECTORS = ("od_sum", "learned", "threshold")
+#: The detector of :func:`score_core`, ``bcpath ihc score`` and the TMA rules when no nuclei
+#: model is given (``ihc.nuclei_model: null``); README, IHC section: validation on DeepLIIF.
+DEFAULT_DETECTOR = "od_sum"
+
+
+def nuclei_model_segmenter(path: str | Path) -> Callable[[np.ndarray, float], np.ndarray] | None:
+    """A ``segmenter`` for :func:`score_core` from a detector name or a model folder.
+
+    Args:
+        path: a name of :data:`NUCLEI_DETECTORS` ("threshold" gives None: the threshold
+            detector of :func:`bcpath.ihc.cells.detect_cells`); an IHC nucleus detector folder
+            (``bcpath ihc train-detector`` output, train.json ``"model": "ihc_nuclei"``); or a
+            nuclei U-Net folder (``bcpath nuclei train``; e.g. models/nuclei_unet).
+
+    Raises:
+        BcpathError: neither a known name nor a loadable folder.
+    """
+    import json
+
+    name = str(path)
+    if name == "threshold":
+        return None
+    if name == "od_sum":
+        from bcpath.ihc.odsum import od_sum_segmenter
+
+        return od_sum_segmenter()
+    if name == "learned":
+        from bcpath.ihc.nuclei_net import SHIPPED_DETECTOR, load_detector
+
+        return load_detector(SHIPPED_DETECTOR)
+    folder = Path(path)
+    meta = folder / "train.json" if folder.is_dir() else folder.parent / "train.json"
+    if meta.is_file():
+        try:
+            model = json.loads(meta.read_text()).get("model")
+        except ValueError as error:
+            raise BcpathError(f"nuclei model {path}: {meta} is not valid JSON ({error})") from None
+        if model == "ihc_nuclei":
+            from bcpath.ihc.nuclei_net import load_detector
+
+            return load_detector(folder if folder.is_dir() else folder.parent)
+    if not folder.exists():
+        raise BcpathError(f"nuclei model {path}: no such folder; give one of {', '.join(NUCLEI_DETECTORS)} or a model folder (e.g. models/nuclei_unet)")
     from bcpath.nuclei.slide import get_segmenter
 
     return get_segmenter(str(path))
+
+
+def default_segmenter() -> Callable[[np.ndarray, float], np.ndarray] | None:
+    """The segmenter of :data:`DEFAULT_DETECTOR`."""
+    return nuclei_model_segmenter(DEFAULT_DETECTOR)
 
 
 def score_core(
@@ -239,7 +289,7 @@ def score_core(
     name: str = "image",
     params: DetectionParams | None = None,
     min_cells: int = MIN_CELLS,
-    segmenter: Callable[[np.ndarray, float], np.ndarray] | None = None,
+    segmenter: Callable[[np.ndarray, float], np.ndarray] | str | None = None,
 ) -> CoreScore:
     """Cell-based H-Score, NAP H-Score, Allred score and QC flags of one IHC core.
 
@@ -250,11 +300,12 @@ def score_core(
         tumor_mask: optional (H, W) bool; only cells whose centroid falls in it are scored, and
             the NAP tissue area is restricted to it.
         name: image name for error messages.
-        params: cell detection parameters (QuPath-like defaults).
+        params: cell detection parameters (QuPath-like defaults; the nucleus detection fields
+            apply to the "threshold" detector only; ``cell_expansion_um`` to all).
         min_cells: fewer scored cells than this raise the ``few_cells`` flag.
         segmenter: (rgb (H, W, 3) uint8, µm/px) → (H, W) int nucleus labels, e.g.
-            :func:`nuclei_model_segmenter`; None = the threshold detector
-            (:func:`bcpath.ihc.cells.segment_nuclei`).
+            :func:`nuclei_model_segmenter`; a name of :data:`NUCLEI_DETECTORS`; None = the
+            default detector (:data:`DEFAULT_DETECTOR`).
 
     Returns:
         :class:`CoreScore`.
@@ -300,6 +351,8 @@ def score_core(
     area = tissue & mask if mask is not None else tissue
     nap = nap_h_score(conc[..., DAB_CHANNEL], area)
 
+    if segmenter is None or isinstance(segmenter, str):
+        segmenter = nuclei_model_segmenter(segmenter or DEFAULT_DETECTOR)
     nuclei = segmenter(arr, mpp) if segmenter is not None else None
     det = detect_cells(arr, mpp, params=params, stains=sv, white=i0, concentrations=conc, nuclei=nuclei)
     keep = np.ones(len(det), bool)
