@@ -143,7 +143,6 @@ def test_report_has_a_category_for_every_system(demo_report):
     assert subs["QC"]["tissue"] == len(he) + 1 and subs["QC"]["cohort table"] == 1  # + the IHC TMA slide
     assert subs["Nuclei"]["overlays"] == len(he) and subs["Nuclei"]["counts"] == 1
     assert subs["Proliferation"]["mitotic hotspots"] == len(he) and subs["Proliferation"]["slide models"] == 2
-    assert subs["ER/PR/HER2"]["ROC curves"] == 3
     assert subs["IHC H-Score"]["cohort table"] == 1
 
 
