@@ -40,25 +40,27 @@ rule train_patch_classifier:
         "../workflow_scripts/train_patch_classifier.py"
 
 
+# One job per slide runs every active stage-1 model on one read of the tiles (48 jobs of ~8 s,
+# each starting torch and decoding the same tiles, were 16).
 rule predict_patches:
     input:
-        unpack(stage1_weights),
+        unpack(stage1_weights_all),
         tiles="results/slides/{slide}/tiles.zarr",
         grid="results/slides/{slide}/grid.parquet",
         mask="results/slides/{slide}/tissue/mask.png",
         qc="results/slides/{slide}/tissue/qc.json",
     output:
-        predictions="results/slides/{slide}/predictions/{model}.parquet",
+        predictions=ERPR_SLIDE_PREDICTIONS,
     log:
-        "logs/predict_patches/{slide}.{model}.log",
+        "logs/predict_patches/{slide}.log",
     benchmark:
-        "benchmarks/predict_patches/{slide}.{model}.tsv"
+        "benchmarks/predict_patches/{slide}.tsv"
     params:
         code=step_code("predict_patches"),
         registry=REGISTRY_PATH,
-        model_id=lambda wildcards: wildcards.model,
+        model_ids=list(ERPR_ACTIVE.values()),
         inference=ERPR["inference"],
-        failure_record=lambda wildcards: f"results/cohort/failures/{wildcards.slide}.predict_patches.{wildcards.model}.json",
+        failure_record=failure_record("predict_patches"),
     # 1 on CPU: two slides run side by side, which hides each job's ~5 s of torch start-up.
     # On a GPU give it cores for DataLoader workers: --set-threads predict_patches=8
     # (profiles/slurm does).
@@ -73,27 +75,24 @@ rule predict_patches:
         "../workflow_scripts/predict_patches.py"
 
 
+# One job per slide draws every model's heatmaps (outputs zarr_<k>, png_<k>, geojson_<k>).
 rule render_heatmaps:
     input:
-        predictions="results/slides/{slide}/predictions/{model}.parquet",
+        predictions=ERPR_SLIDE_PREDICTIONS,
         thumbnail="results/slides/{slide}/tissue/thumbnail.png",
         qc="results/slides/{slide}/tissue/qc.json",
         info="results/slides/{slide}/info.json",
     output:
-        zarr=directory("results/slides/{slide}/heatmaps/{model}.zarr"),
-        png=report(
-            "results/slides/{slide}/heatmaps/{model}.png",
-            category="ER/PR/HER2",
-            subcategory="heatmaps {model}",
-            labels={"slide": "{slide}", "model": "{model}"},
-        ),
-        geojson="results/slides/{slide}/heatmaps/{model}.geojson",
+        **heatmap_outputs(),
     log:
-        "logs/render_heatmaps/{slide}.{model}.log",
+        "logs/render_heatmaps/{slide}.log",
+    benchmark:
+        "benchmarks/render_heatmaps/{slide}.tsv"
     params:
         code=step_code("render_heatmaps"),
+        model_ids=list(ERPR_ACTIVE.values()),
         geojson_threshold=ERPR["heatmaps"]["geojson_threshold"],
-        failure_record=lambda wildcards: f"results/cohort/failures/{wildcards.slide}.render_heatmaps.{wildcards.model}.json",
+        failure_record=failure_record("render_heatmaps"),
     threads: 1
     resources:
         mem_mb=2000,

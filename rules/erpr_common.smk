@@ -87,8 +87,31 @@ def weights_inputs(model_id):
     }
 
 
-def stage1_weights(wildcards):
-    return weights_inputs(wildcards.model)
+def stage1_weights_all(wildcards):
+    """Rule predict_patches: weights_<k> (and train_json_<k>) of the k-th active model."""
+    inputs = {}
+    for k, model_id in enumerate(ERPR_ACTIVE.values()):
+        inputs.update({f"{key}_{k}": path for key, path in weights_inputs(model_id).items()})
+    return inputs
+
+
+# Every active model's predictions of a slide: the outputs of its one predict_patches job.
+ERPR_SLIDE_PREDICTIONS = [f"results/slides/{{slide}}/predictions/{m}.parquet" for m in ERPR_ACTIVE.values()]
+
+
+def heatmap_outputs():
+    """Rule render_heatmaps' outputs: zarr_<k>, png_<k> (in the report), geojson_<k> of the k-th model."""
+    outputs = {}
+    for k, model_id in enumerate(ERPR_ACTIVE.values()):
+        outputs[f"zarr_{k}"] = directory(f"results/slides/{{slide}}/heatmaps/{model_id}.zarr")
+        outputs[f"png_{k}"] = report(
+            f"results/slides/{{slide}}/heatmaps/{model_id}.png",
+            category="ER/PR/HER2",
+            subcategory=f"heatmaps {model_id}",
+            labels={"slide": "{slide}", "model": model_id},
+        )
+        outputs[f"geojson_{k}"] = f"results/slides/{{slide}}/heatmaps/{model_id}.geojson"
+    return outputs
 
 
 def erpr_targets():

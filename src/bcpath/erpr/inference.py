@@ -35,6 +35,7 @@ import logging
 import math
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -290,89 +291,135 @@ def predict_slide(
         BcpathError: tiles.zarr is at another µm/px than the model expects, or the model's
             output width is not the number of classes.
     """
+    return predict_slide_models(
+        [(model, spec)], tiles_zarr, grid_parquet, stride_px, batch_size, num_workers, device,
+        progress, threads, tissue_mask, mask_mpp,
+    )[0]
+
+
+def predict_slide_models(
+    models: Sequence[tuple[torch.nn.Module, ModelSpec]],
+    tiles_zarr: str | os.PathLike[str],
+    grid_parquet: str | os.PathLike[str],
+    stride_px: int | None = None,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+    tissue_mask: np.ndarray | None = None,
+    mask_mpp: float | None = None,
+) -> list[pd.DataFrame]:
+    """:func:`predict_slide` for several models on one read of the tiles (rule predict_patches).
+
+    Models that read the same patches (same ``patch_px`` and ``mpp``, hence the same stride
+    when ``stride_px`` is None) share one :class:`PatchDataset` and one DataLoader: each
+    batch of uint8 patches is decoded once and given to every model of the group, each with
+    its own normalisation. Every model's table equals what :func:`predict_slide` returns
+    for it alone (same patches, batches and order). Arguments as :func:`predict_slide`.
+
+    Returns:
+        One predictions table per model, in the order of ``models``.
+    """
     import pandas as pd
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    stride = int(stride_px if stride_px is not None else spec.patch_px)
-    dataset = PatchDataset(tiles_zarr, grid_parquet, spec.patch_px, stride, tissue_mask, mask_mpp)
-    tiles_mpp = float(dataset.attrs["mpp"])
-    if not math.isclose(tiles_mpp, spec.mpp, rel_tol=1e-3):
-        raise BcpathError(
-            f"model {spec.model_id} expects {spec.mpp} µm/px but {tiles_zarr} is at {tiles_mpp} µm/px; "
-            f"tile the slide at the model's resolution (tiling mpp: {spec.mpp})"
-        )
     dev = choose_device(device)
     on_cuda = dev.type == "cuda"
     n_threads = threads if threads is not None else granted_threads()
     workers = num_workers if num_workers is not None else (min(8, max(0, n_threads - 1)) if on_cuda else 0)
-    columns = probability_columns(spec.num_classes)
-    metadata = {
-        "model_id": spec.model_id,
-        "classes": list(spec.classes),
-        "mpp": spec.mpp,
-        "patch_px": spec.patch_px,
-        "stride_px": stride,
-        "origin_x0": dataset.attrs["origin_x0"],
-        "origin_y0": dataset.attrs["origin_y0"],
-        "level0_px_per_px": dataset.attrs["level0_px_per_px"],
-        "image_shape": list(dataset.image_shape),
-    }
-    probabilities = np.zeros((len(dataset), spec.num_classes), dtype=np.float32)
-    logger.info(
-        "model %s: %d patches of %d px (stride %d) from %s on %s, batch %d, %d workers",
-        spec.model_id, len(dataset), spec.patch_px, stride, tiles_zarr, dev, batch_size, workers,
-    )
-
-    if len(dataset):
-        with torch_threads(n_threads, dev):
-            model = model.eval().to(dev)
-            if on_cuda:
-                model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-            mean = torch.tensor(spec.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-            std = torch.tensor(spec.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-            loader: DataLoader[tuple[torch.Tensor, int]] = DataLoader(
-                dataset,  # type: ignore[arg-type]
-                batch_size=batch_size,
-                shuffle=False,
-                num_workers=workers,
-                pin_memory=on_cuda,
-                persistent_workers=False,
-                prefetch_factor=4 if workers > 0 else None,
-            )
-            bar = tqdm(total=len(dataset), desc=f"{spec.model_id}", unit="patch", disable=not progress, mininterval=30)
-            with torch.inference_mode():
-                for batch, index in loader:
-                    inputs = batch.to(dev, non_blocking=on_cuda).float().div_(255.0).sub_(mean).div_(std)
+    groups: dict[tuple[int, int, float], list[int]] = {}
+    for k, (_, spec) in enumerate(models):
+        stride = int(stride_px if stride_px is not None else spec.patch_px)
+        groups.setdefault((int(spec.patch_px), stride, float(spec.mpp)), []).append(k)
+    tables: list[pd.DataFrame | None] = [None] * len(models)
+    for (patch_px, stride, _), members in groups.items():
+        dataset = PatchDataset(tiles_zarr, grid_parquet, patch_px, stride, tissue_mask, mask_mpp)
+        tiles_mpp = float(dataset.attrs["mpp"])
+        for k in members:
+            spec = models[k][1]
+            if not math.isclose(tiles_mpp, spec.mpp, rel_tol=1e-3):
+                raise BcpathError(
+                    f"model {spec.model_id} expects {spec.mpp} µm/px but {tiles_zarr} is at {tiles_mpp} µm/px; "
+                    f"tile the slide at the model's resolution (tiling mpp: {spec.mpp})"
+                )
+        probabilities = [np.zeros((len(dataset), models[k][1].num_classes), dtype=np.float32) for k in members]
+        names = ", ".join(models[k][1].model_id for k in members)
+        logger.info(
+            "model(s) %s: %d patches of %d px (stride %d) from %s on %s, batch %d, %d workers",
+            names, len(dataset), patch_px, stride, tiles_zarr, dev, batch_size, workers,
+        )
+        if len(dataset):
+            with torch_threads(n_threads, dev):
+                nets, means, stds = [], [], []
+                for k in members:
+                    model, spec = models[k]
+                    model = model.eval().to(dev)
                     if on_cuda:
-                        inputs = inputs.contiguous(memory_format=torch.channels_last)
-                    with autocast(dev):
-                        output = model(inputs)
-                    logits = getattr(output, "logits", output)  # InceptionOutputs in train mode
-                    if logits.shape[1] != spec.num_classes:
-                        raise BcpathError(
-                            f"model {spec.model_id}: {logits.shape[1]} outputs but the registry lists "
-                            f"{spec.num_classes} classes; build the model with build_model(spec)"
-                        )
-                    probabilities[index.numpy()] = torch.softmax(logits.float(), dim=1).cpu().numpy()
-                    bar.update(len(index))
-            bar.close()
-
-    x0, y0 = dataset.level0()
-    table = pd.DataFrame(
-        {
-            "patch_id": np.arange(len(dataset), dtype=np.int64),
-            "x": dataset.x.astype(np.int64),
-            "y": dataset.y.astype(np.int64),
-            "x0": x0,
-            "y0": y0,
-            **{name: probabilities[:, k] for k, name in enumerate(columns)},
-        },
-        columns=[*COORDINATE_COLUMNS, *columns],
-    )
-    table.attrs["bcpath"] = metadata
-    return table
+                        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+                    nets.append(model)
+                    means.append(torch.tensor(spec.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1))
+                    stds.append(torch.tensor(spec.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1))
+                loader: DataLoader[tuple[torch.Tensor, int]] = DataLoader(
+                    dataset,  # type: ignore[arg-type]
+                    batch_size=batch_size,
+                    shuffle=False,
+                    num_workers=workers,
+                    pin_memory=on_cuda,
+                    persistent_workers=False,
+                    prefetch_factor=4 if workers > 0 else None,
+                )
+                bar = tqdm(total=len(dataset) * len(members), desc=names, unit="patch", disable=not progress, mininterval=30)
+                with torch.inference_mode():
+                    for batch, index in loader:
+                        on_device = batch.to(dev, non_blocking=on_cuda)
+                        rows = index.numpy()
+                        for j, k in enumerate(members):
+                            spec = models[k][1]
+                            inputs = on_device.float().div_(255.0).sub_(means[j]).div_(stds[j])
+                            if on_cuda:
+                                inputs = inputs.contiguous(memory_format=torch.channels_last)
+                            with autocast(dev):
+                                output = nets[j](inputs)
+                            logits = getattr(output, "logits", output)  # InceptionOutputs in train mode
+                            if logits.shape[1] != spec.num_classes:
+                                raise BcpathError(
+                                    f"model {spec.model_id}: {logits.shape[1]} outputs but the registry lists "
+                                    f"{spec.num_classes} classes; build the model with build_model(spec)"
+                                )
+                            probabilities[j][rows] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+                            bar.update(len(rows))
+                bar.close()
+        x0, y0 = dataset.level0()
+        for j, k in enumerate(members):
+            spec = models[k][1]
+            columns = probability_columns(spec.num_classes)
+            table = pd.DataFrame(
+                {
+                    "patch_id": np.arange(len(dataset), dtype=np.int64),
+                    "x": dataset.x.astype(np.int64),
+                    "y": dataset.y.astype(np.int64),
+                    "x0": x0,
+                    "y0": y0,
+                    **{name: probabilities[j][:, c] for c, name in enumerate(columns)},
+                },
+                columns=[*COORDINATE_COLUMNS, *columns],
+            )
+            table.attrs["bcpath"] = {
+                "model_id": spec.model_id,
+                "classes": list(spec.classes),
+                "mpp": spec.mpp,
+                "patch_px": spec.patch_px,
+                "stride_px": stride,
+                "origin_x0": dataset.attrs["origin_x0"],
+                "origin_y0": dataset.attrs["origin_y0"],
+                "level0_px_per_px": dataset.attrs["level0_px_per_px"],
+                "image_shape": list(dataset.image_shape),
+            }
+            tables[k] = table
+    return [t for t in tables if t is not None]
 
 
 def write_predictions(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:

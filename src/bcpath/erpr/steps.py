@@ -104,16 +104,37 @@ def train_patch_classifier_step(input: Any, output: Any, params: Any, threads: i
 # Inference and heatmaps
 
 
+def _per_model(paths: Sequence[str], model_ids: Sequence[str], what: str) -> dict[str, str]:
+    """model_id → the path among ``paths`` named ``{model_id}`` + suffix (one per model)."""
+    by_model: dict[str, str] = {}
+    for path in paths:
+        name = Path(path).name
+        stem = name[: -len(".zarr")] if name.endswith(".zarr") else Path(path).stem
+        by_model[stem] = str(path)
+    missing = [m for m in model_ids if m not in by_model]
+    if missing:
+        raise BcpathError(f"{what}: no output path for model(s) {', '.join(missing)}")
+    return by_model
+
+
 def predict_patches_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
-    """Rule predict_patches: tiles.zarr + grid.parquet + tissue mask + weights →
-    predictions/{model}.parquet (patches whose centre is on the tissue mask)."""
-    from bcpath.erpr.inference import predict_slide, write_predictions
+    """Rule predict_patches (one job per slide): tiles.zarr + grid.parquet + tissue mask + the
+    weights of every active stage-1 model → predictions/{model}.parquet for each model
+    (patches whose centre is on the tissue mask), on one read of the tiles.
+
+    Input ``weights_<k>`` (and ``train_json_<k>`` for weights a training rule wrote) belong to
+    ``params.model_ids[k]``."""
+    from bcpath.erpr.inference import predict_slide_models, write_predictions
     from bcpath.tissue import mask_mpp_from_qc, read_mask
 
-    model, spec = load_stage1_model(params.registry, params.model_id, input.weights, input.get("train_json"))
+    model_ids = list(params.model_ids)
+    models = [
+        load_stage1_model(params.registry, model_id, input.get(f"weights_{k}"), input.get(f"train_json_{k}"))
+        for k, model_id in enumerate(model_ids)
+    ]
     mask_mpp = mask_mpp_from_qc(json.loads(Path(input.qc).read_text()))
-    table = predict_slide(
-        model, spec, input.tiles, input.grid, tissue_mask=read_mask(input.mask), mask_mpp=mask_mpp,
+    tables = predict_slide_models(
+        models, input.tiles, input.grid, tissue_mask=read_mask(input.mask), mask_mpp=mask_mpp,
         stride_px=params.inference.get("stride_px"),
         batch_size=int(params.inference.get("batch_size", 64)),
         num_workers=params.inference.get("num_workers"),
@@ -121,7 +142,9 @@ def predict_patches_step(input: Any, output: Any, params: Any, threads: int = 1,
         threads=threads,
         progress=True,
     )
-    write_predictions(table, output.predictions)
+    paths = _per_model(list(output.predictions), model_ids, "predict_patches")
+    for model_id, table in zip(model_ids, tables):
+        write_predictions(table, paths[model_id])
 
 
 def render_heatmaps(
@@ -186,16 +209,22 @@ def render_heatmaps(
 
 
 def render_heatmaps_step(input: Any, output: Any, params: Any, **_: Any) -> None:
-    """Rule render_heatmaps: predictions → heatmaps/{model}.zarr, .png, .geojson."""
+    """Rule render_heatmaps (one job per slide): each model's predictions →
+    heatmaps/{model}.zarr, .png, .geojson (outputs ``zarr_<k>``, ``png_<k>``, ``geojson_<k>``
+    of ``params.model_ids[k]``)."""
     info = json.loads(Path(input.info).read_text())
     from bcpath.tissue import mask_mpp_from_qc
 
     thumbnail_mpp = mask_mpp_from_qc(json.loads(Path(input.qc).read_text()))  # thumbnail.png's µm/px
-    summary = render_heatmaps(
-        input.predictions, input.thumbnail, float(thumbnail_mpp), float(info["mpp"]),
-        output.zarr, output.png, output.geojson, float(params.geojson_threshold),
-    )
-    logger.info("heatmaps: %d patches; regions above threshold: %s", summary["n_patches"], summary["regions"])
+    model_ids = list(params.model_ids)
+    predictions = _per_model(list(input.predictions), model_ids, "render_heatmaps")
+    for k, model_id in enumerate(model_ids):
+        summary = render_heatmaps(
+            predictions[model_id], input.thumbnail, float(thumbnail_mpp), float(info["mpp"]),
+            output.get(f"zarr_{k}"), output.get(f"png_{k}"), output.get(f"geojson_{k}"),
+            float(params.geojson_threshold),
+        )
+        logger.info("heatmaps %s: %d patches; regions above threshold: %s", model_id, summary["n_patches"], summary["regions"])
 
 
 # --------------------------------------------------------------------------------------------
