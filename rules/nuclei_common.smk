@@ -32,12 +32,32 @@ if NUCLEI["region"] == "tumor" and NUCLEI_REGION_MODEL is None and NUCLEI["enabl
 NUCLEI_IN_TUMOR = NUCLEI["region"] != "tissue" and NUCLEI_REGION_MODEL is not None
 
 
+def _nuclei_slides():
+    """H&E slides that get nuclei in a run: every one, except in the demo, where only the
+    slides of demo.nuclei_splits (default its 4 test slides; null = all) do."""
+    splits = config["demo"].get("nuclei_splits") if IS_DEMO else None
+    if not splits:
+        return list(HE_SLIDES)
+    from bcpath.demo import plan_slide
+
+    seed = int(config["demo"]["seed"])
+    return [s for s in HE_SLIDES if plan_slide(seed, int(s.rsplit("_", 1)[1]) - 1).split in splits]
+
+
+NUCLEI_SLIDES = _nuclei_slides()
+
+
+def nuclei_slide_outputs(pattern):
+    """``pattern`` for every slide that gets nuclei in a run (NUCLEI_SLIDES)."""
+    return expand(pattern, slide=NUCLEI_SLIDES)
+
+
 def nuclei_targets():
     if not NUCLEI["enabled"]:
         return []
     return [
-        *he_slide_outputs("results/slides/{slide}/nuclei/features.parquet"),
-        *he_slide_outputs("results/slides/{slide}/nuclei/nuclei.geojson"),
+        *nuclei_slide_outputs("results/slides/{slide}/nuclei/features.parquet"),
+        *nuclei_slide_outputs("results/slides/{slide}/nuclei/nuclei.geojson"),
     ]
 
 

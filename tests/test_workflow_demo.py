@@ -205,10 +205,13 @@ def test_stage2_outputs_for_each_biomarker(demo_run):
 
 
 def test_demo_nuclei_are_segmented_in_the_tumor_region_and_match_the_planted_ones(demo_run):
+    """demo.nuclei_splits (default [test]): the demo segments nuclei on its 4 test slides only."""
     from scipy.spatial import cKDTree
 
     samples = _demo_slides(demo_run)
-    for slide in samples.index:
+    segmented = samples.index[samples.split == "test"]
+    assert len(segmented) == 4
+    for slide in segmented:
         folder = demo_run / "results/slides" / slide / "nuclei"
         assert len(pd.read_parquet(folder / "features.parquet")) > 500, slide
         assert (folder / "labels.zarr").is_dir() and (folder / "region.png").is_file()
