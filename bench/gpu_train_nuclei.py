@@ -87,6 +87,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "plain16_vahadane_ib": {"encoder": "plain", "base": 16, "input": "vahadane", "decoding": "interior_boundary", "lr": 2e-3},
     "plain16_stainaug_ib": {"encoder": "plain", "base": 16, "input": "stainaug", "decoding": "interior_boundary", "lr": 2e-3},
     "plain16_stainaug_dist": {"encoder": "plain", "base": 16, "input": "stainaug", "decoding": "distance", "lr": 2e-3},
+    "plain8_stainaug_dist": {"encoder": "plain", "base": 8, "input": "stainaug", "decoding": "distance", "lr": 3e-3},
     "plain32_stainaug_dist": {"encoder": "plain", "base": 32, "input": "stainaug", "decoding": "distance", "lr": 1.5e-3},
     "resnet34_stainaug_dist": {"encoder": "resnet34", "base": None, "input": "stainaug", "decoding": "distance", "lr": 1e-3},
 }
