@@ -83,6 +83,8 @@ class CorePlan:
     y: float
     target_h: float
     tumor_fraction: float
+    dab_gain: float = 1.0  # staining intensity: every DAB amount of the core x this
+    h_gain: float = 1.0  # counterstain strength: every hematoxylin amount x this
 
 
 def class_proportions(target_h: float, spread: float = 0.8) -> np.ndarray:
@@ -112,23 +114,55 @@ def class_proportions(target_h: float, spread: float = 0.8) -> np.ndarray:
     return probs(0.5 * (lo + hi))
 
 
-def plan_tma(seed: int) -> tuple[list[CorePlan], tuple[int, int]]:
-    """Core positions, planted H-Score targets and tumor fractions; (width, height) in px."""
-    rng = np.random.default_rng((seed, 9001))
+def plan_tma(
+    seed: int,
+    *,
+    rows: int = TMA_ROWS,
+    cols: int = TMA_COLS,
+    missing: tuple[tuple[int, int], ...] = TMA_MISSING,
+    targets: np.ndarray | None = None,
+    fractions: np.ndarray | None = None,
+    dab_gains: np.ndarray | None = None,
+    h_gains: np.ndarray | None = None,
+    rng_key: tuple[int, ...] = (9001,),
+) -> tuple[list[CorePlan], tuple[int, int]]:
+    """Core positions, planted H-Score targets and tumor fractions; (width, height) in px.
+
+    With no keyword arguments: the demo TMA (4 × 5, B4 empty, targets evenly over 0–300 in a
+    shuffled order, one low-tumor core). ``targets``, ``fractions``, ``dab_gains``,
+    ``h_gains``: per present core (row-major), replacing the demo's choices (gains 1 = the
+    demo's stain amounts); ``rng_key`` keys the position jitter (and the demo's draws).
+    """
+    rng = np.random.default_rng((seed, *rng_key))
     spacing = CORE_SPACING_UM / TMA_MPP
     margin = MARGIN_UM / TMA_MPP + CORE_DIAMETER_UM / TMA_MPP / 2
-    positions = [(r, c) for r in range(TMA_ROWS) for c in range(TMA_COLS) if (r, c) not in TMA_MISSING]
-    targets = np.linspace(0.0, 300.0, len(positions))
-    rng.shuffle(targets)
+    positions = [(r, c) for r in range(rows) for c in range(cols) if (r, c) not in missing]
+    planted = targets is not None
+    if targets is None:
+        targets = np.linspace(0.0, 300.0, len(positions))
+        rng.shuffle(targets)
+    n = len(positions)
+    for name, values in (("targets", targets), ("fractions", fractions), ("dab_gains", dab_gains), ("h_gains", h_gains)):
+        if values is not None and len(values) != n:
+            raise ValueError(f"plan_tma: {len(values)} {name} for {n} cores")
     plans = []
     for k, ((r, c), target) in enumerate(zip(positions, targets, strict=True)):
         jitter = rng.uniform(-0.04, 0.04, size=2) * spacing
-        fraction = 0.10 if k == LOW_TUMOR_CORE_INDEX else float(rng.uniform(0.45, 0.75))
+        if fractions is not None:
+            fraction = float(fractions[k])
+        elif planted:
+            fraction = float(rng.uniform(0.45, 0.75))
+        else:
+            fraction = 0.10 if k == LOW_TUMOR_CORE_INDEX else float(rng.uniform(0.45, 0.75))
         plans.append(
-            CorePlan(core_id(r, c), r, c, margin + c * spacing + jitter[0], margin + r * spacing + jitter[1], float(target), fraction)
+            CorePlan(
+                core_id(r, c), r, c, margin + c * spacing + jitter[0], margin + r * spacing + jitter[1], float(target), fraction,
+                1.0 if dab_gains is None else float(dab_gains[k]),
+                1.0 if h_gains is None else float(h_gains[k]),
+            )
         )
-    width = int(round(2 * margin + (TMA_COLS - 1) * spacing))
-    height = int(round(2 * margin + (TMA_ROWS - 1) * spacing))
+    width = int(round(2 * margin + (cols - 1) * spacing))
+    height = int(round(2 * margin + (rows - 1) * spacing))
     return plans, (width, height)
 
 
@@ -211,6 +245,10 @@ def paint_core(rng: np.random.Generator, plan: CorePlan, box: int) -> dict[str, 
         angle = rng.uniform(0, 180)
         _ellipse(h, x, y, a, b, angle, TUMOR_NUCLEUS_H[cls] + rng.uniform(-0.05, 0.05))
         _ellipse(dab, x, y, a, b, angle, CLASS_DAB[cls] + rng.uniform(-DAB_JITTER, DAB_JITTER))
+    if plan.h_gain != 1.0:
+        h *= np.float32(plan.h_gain)
+    if plan.dab_gain != 1.0:
+        dab *= np.float32(plan.dab_gain)
     stains = cv2.GaussianBlur(np.stack([h, dab, np.zeros_like(h)], axis=-1), (0, 0), 0.6)
     return {"stains": stains, "core": core, "tumor": tumor, "counts": np.bincount(classes, minlength=4)}
 
@@ -244,12 +282,28 @@ def make_demo_tma(out_dir: str | os.PathLike[str], seed: int = 0) -> dict[str, A
         the slide's sample-sheet record (slide_id, path, mpp, stain "IHC", annotations,
         core_map, core_scores; paths relative to ``out_dir``).
     """
+    plans, size = plan_tma(seed)
+    return write_tma(out_dir, TMA_SLIDE_ID, plans, size, paint_key=(seed, 9002))
+
+
+def write_tma(
+    out_dir: str | os.PathLike[str],
+    slide_id: str,
+    plans: list[CorePlan],
+    size: tuple[int, int],
+    paint_key: tuple[int, ...],
+    extra_columns: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Paint the cores of ``plans`` on one slide of ``size`` (width, height) px and write the
+    slide, annotations, truth and core map (:func:`make_demo_tma`'s files, named by
+    ``slide_id``). Each core's painting draws from ``default_rng((*paint_key, row, col))``.
+    ``extra_columns``: CorePlan fields (e.g. ``dab_gain``) added to the truth table."""
     from bcpath.ihc.deconvolution import combine_stains
 
     out = Path(out_dir)
     for sub in ("slides", "annotations", "truth"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    plans, (width, height) = plan_tma(seed)
+    width, height = size
     rgb = np.empty((height, width, 3), np.uint8)
     rgb[:] = GLASS_WHITE
     box = int(math.ceil(CORE_DIAMETER_UM / TMA_MPP * 1.1)) | 1
@@ -257,7 +311,7 @@ def make_demo_tma(out_dir: str | os.PathLike[str], seed: int = 0) -> dict[str, A
     rows: list[dict[str, Any]] = []
     white = np.asarray(GLASS_WHITE, np.float64)
     for plan in plans:
-        rng = np.random.default_rng((seed, 9002, plan.row, plan.col))
+        rng = np.random.default_rng((*paint_key, plan.row, plan.col))
         painted = paint_core(rng, plan, box)
         x0, y0 = int(round(plan.x)) - box // 2, int(round(plan.y)) - box // 2
         window = combine_stains(painted["stains"], i0=white)
@@ -280,25 +334,109 @@ def make_demo_tma(out_dir: str | os.PathLike[str], seed: int = 0) -> dict[str, A
                 "n_tumor_cells": n, "h_score": round(h_score, 2),
                 "tumor_fraction": round(float(painted["tumor"].sum() / painted["core"].sum()), 4),
                 "reference_h_score": round(h_score, 2),
+                **{name: round(float(getattr(plan, name)), 4) for name in extra_columns},
             }
         )
-    write_slide_tiff(out / "slides" / f"{TMA_SLIDE_ID}.tiff", rgb, TMA_MPP)
-    write_geojson(out / "annotations" / f"{TMA_SLIDE_ID}.geojson", features)
-    _write_csv(out / "truth" / f"{TMA_SLIDE_ID}.hscore.csv", TRUTH_COLUMNS, rows)
+    write_slide_tiff(out / "slides" / f"{slide_id}.tiff", rgb, TMA_MPP)
+    write_geojson(out / "annotations" / f"{slide_id}.geojson", features)
+    _write_csv(out / "truth" / f"{slide_id}.hscore.csv", (*TRUTH_COLUMNS, *extra_columns), rows)
     # A core map as a user would give it (present cores only; read by bcpath.ihc.tma.read_core_map).
     core_map = [{"core_id": p.core_id, "x": round(p.x, 1), "y": round(p.y, 1), "diameter_um": CORE_DIAMETER_UM} for p in plans]
-    _write_csv(out / "truth" / f"{TMA_SLIDE_ID}.cores.csv", ("core_id", "x", "y", "diameter_um"), core_map)
+    _write_csv(out / "truth" / f"{slide_id}.cores.csv", ("core_id", "x", "y", "diameter_um"), core_map)
     return {
-        "slide_id": TMA_SLIDE_ID,
-        "path": f"slides/{TMA_SLIDE_ID}.tiff",
+        "slide_id": slide_id,
+        "path": f"slides/{slide_id}.tiff",
         "mpp": TMA_MPP,
         "stain": "IHC",
-        "annotations": f"annotations/{TMA_SLIDE_ID}.geojson",
-        "core_scores": f"truth/{TMA_SLIDE_ID}.hscore.csv",
+        "annotations": f"annotations/{slide_id}.geojson",
+        "core_scores": f"truth/{slide_id}.hscore.csv",
         "n_cores": len(plans),
         "width": width,
         "height": height,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# The large TMA (RAM-CNN at the paper's scale; not part of the default demo)
+
+#: Ranges of the large TMA's per-core draws (uniform).
+LARGE_TUMOR_FRACTION = (0.15, 0.85)
+LARGE_DAB_GAIN = (0.85, 1.15)
+LARGE_H_GAIN = (0.8, 1.25)
+LARGE_EXTRA_COLUMNS = ("target_h", "dab_gain", "h_gain")
+
+
+def large_tma_slide_id(index: int) -> str:
+    """Slide id of the ``index``-th (0-based) slide of the large TMA: tma_large_01, ..."""
+    return f"tma_large_{index + 1:02d}"
+
+
+def plan_large_tma(seed: int = 0, n_cores: int = 120, rows: int = 4, cols: int = 5) -> list[tuple[str, list[CorePlan], tuple[int, int]]]:
+    """Plans of the large TMA: ``n_cores`` cores on ceil(n_cores / (rows x cols)) slides.
+
+    Planted H-Scores are spread evenly over 0–300 (both ends included) and shuffled over all
+    slides; per core, uniform draws: tumor fraction in :data:`LARGE_TUMOR_FRACTION`, staining
+    intensity (DAB gain) in :data:`LARGE_DAB_GAIN`, counterstain strength (hematoxylin gain) in
+    :data:`LARGE_H_GAIN`. The last slide's grid is filled row-major; its empty positions are
+    the ones after its last core.
+
+    Returns:
+        one (slide_id, plans, (width, height)) per slide.
+    """
+    if n_cores < 1 or rows < 1 or cols < 1:
+        raise ValueError(f"large TMA: n_cores ({n_cores}), rows ({rows}) and cols ({cols}) must be positive")
+    rng = np.random.default_rng((seed, 9101))
+    targets = np.linspace(0.0, 300.0, n_cores)
+    rng.shuffle(targets)
+    fractions = rng.uniform(*LARGE_TUMOR_FRACTION, n_cores)
+    dab_gains = rng.uniform(*LARGE_DAB_GAIN, n_cores)
+    h_gains = rng.uniform(*LARGE_H_GAIN, n_cores)
+    per_slide = rows * cols
+    slides = []
+    for s, start in enumerate(range(0, n_cores, per_slide)):
+        take = slice(start, min(start + per_slide, n_cores))
+        n = take.stop - take.start
+        missing = tuple((k // cols, k % cols) for k in range(n, per_slide))
+        plans, size = plan_tma(
+            seed, rows=rows, cols=cols, missing=missing, targets=targets[take], fractions=fractions[take],
+            dab_gains=dab_gains[take], h_gains=h_gains[take], rng_key=(9103, s),
+        )
+        slides.append((large_tma_slide_id(s), plans, size))
+    return slides
+
+
+def _paint_large_slide(job: tuple[str, int, int, list[CorePlan], tuple[int, int]]) -> dict[str, Any]:
+    out, seed, s, plans, size = job
+    return write_tma(out, large_tma_slide_id(s), plans, size, paint_key=(seed, 9102, s), extra_columns=LARGE_EXTRA_COLUMNS)
+
+
+def make_large_tma(out_dir: str | os.PathLike[str], seed: int = 0, n_cores: int = 120, workers: int = 1) -> dict[str, Any]:
+    """Write the large TMA (:func:`plan_large_tma`) and its sample sheet ``samples.tsv``.
+
+    Each slide is a 4 × 5 TMA like the demo's (0.5 µm/px, 600 µm cores, QuPath annotations,
+    truth and core map under ``truth/``); the truth tables add the planted target, DAB gain and
+    hematoxylin gain of each core. Deterministic from ``seed``; ``workers`` > 1 paints slides in
+    parallel processes (same files).
+
+    Returns:
+        {"samples": path of samples.tsv, "slides": the slides' records, "n_cores": ...}.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(out), seed, s, plans, size) for s, (_, plans, size) in enumerate(plan_large_tma(seed, n_cores))]
+    if workers > 1 and len(jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+            records = list(pool.map(_paint_large_slide, jobs))
+    else:
+        records = [_paint_large_slide(job) for job in jobs]
+    columns = ("slide_id", "path", "mpp", "stain", "annotations", "core_scores")
+    sheet = out / "samples.tsv"
+    with atomic_path(sheet) as tmp:
+        lines = ["\t".join(columns)] + ["\t".join(str(r[c]) for c in columns) for r in records]
+        Path(tmp).write_text("\n".join(lines) + "\n")
+    return {"samples": str(sheet), "slides": records, "n_cores": sum(r["n_cores"] for r in records)}
 
 
 def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
@@ -306,3 +444,23 @@ def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]])
         writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bcpath.demo.tma --large OUT [--cores N] [--seed S] [--workers W]``: write the
+    large TMA and its samples.tsv (for ``snakemake --configfile config/large_tma.yaml``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bcpath.demo.tma", description=main.__doc__)
+    parser.add_argument("--large", required=True, metavar="OUT", help="output folder (slides/, annotations/, truth/, samples.tsv)")
+    parser.add_argument("--cores", type=int, default=120, help="number of cores (20 per slide; default 120)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="slides painted in parallel")
+    args = parser.parse_args(argv)
+    record = make_large_tma(args.large, args.seed, args.cores, args.workers)
+    print(f"{record['n_cores']} cores on {len(record['slides'])} slides; sample sheet {record['samples']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
