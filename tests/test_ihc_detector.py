@@ -193,3 +193,25 @@ def test_train_detector_smoke(tmp_path):
     _load_detector.cache_clear()
     with pytest.raises(BcpathError, match="sha256"):
         load_detector(tmp_path / "model")
+
+
+# Per tile at 8 px: F1 of the shipped learned detector (thresholds chosen on rendered H&E).
+LEARNED_F1 = {"22_2": 0.849, "6_2": 0.437, "Bladder1": 0.763, "Lung1": 0.535}
+
+
+def test_learned_detector_on_deepliif(tiles):
+    import torch
+
+    from bcpath.ihc.score import nuclei_model_segmenter
+
+    torch.set_num_threads(1)
+    meta = json.loads((LEARNED / "train.json").read_text())
+    assert meta["cpu_minutes"] <= 15 and meta["settings"]["threads"] == 1
+    detector = nuclei_model_segmenter("learned")
+    assert detector is nuclei_model_segmenter(LEARNED)  # one load per folder
+    rows = [tile_metrics(t, detector) for t in tiles]
+    for row in rows:
+        print(row)
+        assert row["f1"] == pytest.approx(LEARNED_F1[row["tile"]], abs=0.03), row["tile"]
+        assert row["accuracy"] >= 0.92, row["tile"]
+    assert summarise(rows)["mean_f1"] == pytest.approx(0.646, abs=0.02)
