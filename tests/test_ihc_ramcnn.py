@@ -305,3 +305,49 @@ def test_workflow_step_needs_2k_cores(tmp_path):
     params = SimpleNamespace(ramcnn={"size": 64, "epochs": 1, "folds_k": 5})
     with pytest.raises(BcpathError, match=r"7 core\(s\) with a reference H-Score.*needs at least 10"):
         train_ramcnn_step(input=SimpleNamespace(cores=table), output=out, params=params, threads=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's input size: the intensity-bin stem (512 px inputs)
+
+
+def test_bin_intensities_split_each_pixel_between_two_bins_and_skip_zeros():
+    from bcpath.ihc.ramcnn import bin_intensities
+
+    x = torch.zeros(1, 2, 4, 4)
+    x[0, 0, 0, 0] = 0.5  # halfway between the centres 0.375 (bin 1) and 0.625 (bin 2) of 4 bins
+    x[0, 0, 0, 1] = 0.125  # exactly the centre of bin 0
+    x[0, 1] = 1.0  # above the last centre: all in the last bin
+    out = bin_intensities(x, 4, 1)
+    assert out.shape == (1, 8, 4, 4)
+    assert out[0, :4, 0, 0].tolist() == pytest.approx([0, 0.5, 0.5, 0])
+    assert out[0, :4, 0, 1].tolist() == pytest.approx([1, 0, 0, 0])
+    assert float(out[0, :4, 1:].sum()) == 0  # zeros (outside the mask) fall in no bin
+    assert float(out[0, 7].min()) == 1.0 and float(out[0, 4:7].abs().sum()) == 0
+    pooled = bin_intensities(x, 4, 2)
+    assert pooled.shape == (1, 8, 2, 2)
+    # Pooled bins sum to the share of mask pixels in each 2 x 2 block.
+    assert torch.allclose(pooled[0, :4].sum(0), torch.tensor([[0.5, 0.0], [0.0, 0.0]]))
+
+
+def test_512_px_model_bins_its_inputs_and_the_default_128_px_model_is_unchanged(tmp_path):
+    from bcpath.ihc.ramcnn import auto_bins, prepare_inputs
+
+    assert auto_bins(128) == (0, 1) and auto_bins(512) == (8, 4)
+    cores = synthetic_cores(4, side=512, seed=3)
+    model, history = train_ramcnn(cores, epochs=1, batch_size=2, size=512, n_dla_labels=1, width=4, hidden=8)
+    assert model.config == {"size": 512, "width": 4, "hidden": 8, "bins": 8, "pool": 4}
+    assert model.sini_column[0].in_channels == 8 and len(history) == 1
+    prepared = prepare_inputs(cores, 512)
+    assert prepared.shape == (4, 16, 128, 128)
+    raw = torch.stack([torch.from_numpy(np.stack([c[0], c[1]])) for c in cores])
+    with torch.inference_mode():
+        assert torch.allclose(model(raw), model(prepared), atol=1e-6)  # raw SINI/SITI are binned in forward
+    save_ramcnn(model, tmp_path / "m")
+    loaded, _ = load_ramcnn(tmp_path / "m")
+    pairs = [(c[0], c[1]) for c in cores]
+    assert predict_h_scores(loaded, pairs).tolist() == predict_h_scores(model, pairs).tolist()
+    # The demo's 128 px network has no stem: same layers and parameter names as before.
+    small, _ = train_ramcnn(synthetic_cores(2), epochs=1, size=128, n_dla_labels=1)
+    assert small.config == {"size": 128, "width": 16, "hidden": 128} and small.sini_column[0].in_channels == 1
+    assert sum(p.numel() for p in small.parameters()) == 215297

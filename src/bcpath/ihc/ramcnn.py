@@ -83,6 +83,9 @@ H_SCORE_MAX = 300.0
 PAPER_DLA_SIGMA = 0.9
 #: Smallest input side the network accepts (four halvings leave 4 px).
 MIN_SIZE = 64
+#: Above this input side, ``bins="auto"`` adds the intensity-bin stem (:func:`auto_bins`).
+STEM_BASE = 128
+AUTO_BINS = 8
 WEIGHTS_NAME = "ramcnn.pt"
 META_NAME = "ramcnn.json"
 NORMALISATION = "inputs: I_la x mask in [0, 1] (0 outside the mask), resized to size x size (area); target: H-Score / 300"
@@ -231,16 +234,53 @@ def _pair_tensor(cores: Sequence[Core], size: int) -> torch.Tensor:
 # Network
 
 
-def _column(width: int) -> nn.Sequential:
+def _column(width: int, in_channels: int = 1) -> nn.Sequential:
     """One input column: two conv-ReLU-maxpool blocks (÷8 overall: stride-2 first conv)."""
     return nn.Sequential(
-        nn.Conv2d(1, width, 5, stride=2, padding=2),
+        nn.Conv2d(in_channels, width, 5, stride=2, padding=2),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
         nn.Conv2d(width, 2 * width, 3, padding=1),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
     )
+
+
+def auto_bins(size: int) -> tuple[int, int]:
+    """(bins, pool) that :func:`train_ramcnn` uses with ``bins="auto"``: none up to
+    :data:`STEM_BASE` px; above, :data:`AUTO_BINS` intensity bins pooled down to about
+    :data:`STEM_BASE` px (512 → pool 4)."""
+    if size <= STEM_BASE:
+        return 0, 1
+    return AUTO_BINS, max(1, size // STEM_BASE)
+
+
+def bin_intensities(x: torch.Tensor, bins: int, pool: int) -> torch.Tensor:
+    """Per-pixel soft histogram of stain intensity, then ``pool`` x ``pool`` average pooling.
+
+    Each pixel's value v in (0, 1] is split linearly between the two nearest of ``bins``
+    evenly spaced bin centres ((k + 0.5) / bins); 0 (outside the mask) falls in no bin.
+    Pooling the bins keeps, per output pixel, how much of it each intensity covers; resizing
+    the image instead would average a nucleus with its surroundings first.
+
+    Args:
+        x: (N, C, S, S) float tensor in [0, 1].
+
+    Returns:
+        (N, C x bins, S / pool, S / pool): channel c x bins + k = bin k of input channel c.
+    """
+    n, c, h, w = x.shape
+    pos = (x.clamp(0.0, 1.0) * bins - 0.5).clamp(0.0, bins - 1.0)
+    lo = pos.floor()
+    frac = pos - lo
+    inside = (x > 0).to(x.dtype)
+    out = torch.zeros(n, c, bins, h, w, dtype=x.dtype, device=x.device)
+    lo_idx = lo.long().unsqueeze(2)
+    hi_idx = (lo + 1).clamp(max=bins - 1).long().unsqueeze(2)
+    out.scatter_add_(2, lo_idx, ((1 - frac) * inside).unsqueeze(2))
+    out.scatter_add_(2, hi_idx, (frac * inside).unsqueeze(2))
+    out = out.reshape(n, c * bins, h, w)
+    return F.avg_pool2d(out, pool) if pool > 1 else out
 
 
 class RamCnn(nn.Module):
@@ -251,21 +291,28 @@ class RamCnn(nn.Module):
         width: channels of the first conv of each column (second: 2 x width; after fusion:
             4 x width).
         hidden: units of the hidden fully connected layer.
+        bins, pool: intensity-bin stem (:func:`bin_intensities`, fixed, no weights) in front of
+            both columns: each column then sees ``bins`` channels at ``size / pool`` px. 0 =
+            none (the demo's 128 px network).
 
     Input: ``forward(sini, siti)`` with two (N, 1, S, S) tensors, or ``forward(x)`` with one
     (N, 2, S, S) tensor (channel 0 SINI, channel 1 SITI); any S >= 64 runs (adaptive pooling),
     but predictions are meant at ``size``. Output: (N,) H-Score / 300 (linear, unclipped).
     """
 
-    def __init__(self, size: int = 256, width: int = 16, hidden: int = 128) -> None:
+    def __init__(self, size: int = 256, width: int = 16, hidden: int = 128, bins: int = 0, pool: int = 1) -> None:
         super().__init__()
         if size < MIN_SIZE:
             raise BcpathError(f"RAM-CNN input size {size} is below {MIN_SIZE}; use size >= {MIN_SIZE} (the paper used 512)")
+        if bins < 0 or bins == 1 or pool < 1 or (bins and (size % pool or size // pool < MIN_SIZE)):
+            raise BcpathError(f"RAM-CNN bins {bins} / pool {pool} do not fit input size {size}; use bins 0 or >= 2 and a pool that divides the size, leaving >= {MIN_SIZE} px")
         self.size = int(size)
         self.width = int(width)
         self.hidden = int(hidden)
-        self.sini_column = _column(width)
-        self.siti_column = _column(width)
+        self.bins = int(bins)
+        self.pool = int(pool) if bins else 1
+        self.sini_column = _column(width, max(1, self.bins))
+        self.siti_column = _column(width, max(1, self.bins))
         fused = 4 * width
         self.trunk = nn.Sequential(
             nn.Conv2d(4 * width, fused, 3, padding=1),
@@ -289,13 +336,23 @@ class RamCnn(nn.Module):
 
     @property
     def config(self) -> dict[str, int]:
-        """Constructor arguments (saved in ramcnn.json)."""
-        return {"size": self.size, "width": self.width, "hidden": self.hidden}
+        """Constructor arguments (saved in ramcnn.json; ``bins``/``pool`` only with the bin stem)."""
+        config = {"size": self.size, "width": self.width, "hidden": self.hidden}
+        if self.bins:
+            config.update(bins=self.bins, pool=self.pool)
+        return config
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 2, size, size) SINI/SITI → the columns' input: the intensity bins (N, 2 x bins,
+        size / pool, size / pool) when the model has them, else ``x`` itself."""
+        return bin_intensities(x, self.bins, self.pool) if self.bins else x
 
     def forward(self, sini: torch.Tensor, siti: torch.Tensor | None = None) -> torch.Tensor:
-        if siti is None:
-            sini, siti = sini[:, 0:1], sini[:, 1:2]
-        x = torch.cat([self.sini_column(sini), self.siti_column(siti)], dim=1)
+        x = sini if siti is None else torch.cat([sini, siti], dim=1)
+        if self.bins and x.shape[1] == 2:  # raw SINI/SITI: bin them here
+            x = self.prepare(x)
+        half = x.shape[1] // 2
+        x = torch.cat([self.sini_column(x[:, :half]), self.siti_column(x[:, half:])], dim=1)
         out: torch.Tensor = self.head(self.trunk(x)).squeeze(1)
         return out
 
@@ -372,6 +429,26 @@ def dla_labels(reference: float, n: int, sigma: float, rng: np.random.Generator)
 # Training and prediction
 
 
+def resolve_bins(bins: int | str, size: int) -> tuple[int, int]:
+    """(bins, pool) of a ``bins`` setting ("auto": :func:`auto_bins`; a count: pooled to ~128 px)."""
+    if bins == "auto":
+        return auto_bins(size)
+    if isinstance(bins, int) and not isinstance(bins, bool) and bins >= 0:
+        return bins, max(1, size // STEM_BASE) if bins else 1
+    raise BcpathError(f"RAM-CNN: bins must be 'auto' or a count >= 0, got {bins!r}")
+
+
+def prepare_inputs(cores: Sequence[Core], size: int, bins: int | str = "auto", chunk: int = 16) -> torch.Tensor:
+    """The network inputs of ``cores``: SINI/SITI resized to ``size``, then intensity-binned
+    (:func:`bin_intensities`) when ``bins`` asks for it; CPU float32."""
+    n_bins, pool = resolve_bins(bins, size)
+    parts = []
+    for start in range(0, len(cores), chunk):
+        x = _pair_tensor(cores[start : start + chunk], size)
+        parts.append(bin_intensities(x, n_bins, pool) if n_bins else x)
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
 def train_ramcnn(
     cores: Sequence[Core],
     *,
@@ -385,10 +462,12 @@ def train_ramcnn(
     device: str | None = None,
     width: int = 16,
     hidden: int = 128,
+    bins: int | str = "auto",
     augment: bool = True,
     max_angle: float = 10.0,
     max_shift: float = 0.1,
     p_small_angle: float = 0.5,
+    inputs: torch.Tensor | None = None,
 ) -> tuple[RamCnn, list[dict[str, float]]]:
     """Train a :class:`RamCnn` on cores with reference H-Scores.
 
@@ -409,8 +488,12 @@ def train_ramcnn(
             and thread count give the same model on CPU.
         device: "cpu", "cuda", ...; None = CUDA when available.
         width, hidden: network widths (:class:`RamCnn`).
+        bins: intensity bins of the stem (pooled to ``size // 128`` px; :class:`RamCnn`), 0 =
+            none, or "auto" (:func:`auto_bins`: none up to 128 px, 8 bins above).
         augment: rotate/shift training samples.
         max_angle, max_shift, p_small_angle: augmentation (:func:`augment_batch`).
+        inputs: the cores' network inputs when computed already (:func:`prepare_inputs` with
+            the same size and bins; :func:`leave_k_out_cv` bins every core once).
 
     Returns:
         (model in eval mode, history): one dict per epoch with epoch, loss (mean MSE on H/300
@@ -431,8 +514,14 @@ def train_ramcnn(
         raise BcpathError(f"RAM-CNN training: reference H-Score missing or outside 0-300 for core(s) {', '.join(bad[:5])}; fix or drop them")
     dev = choose_device(device)
     torch.manual_seed(seed)
-    model = RamCnn(size=size, width=width, hidden=hidden).to(dev)
-    x_all = _pair_tensor(cores, size).to(dev)
+    n_bins, pool = resolve_bins(bins, size)
+    model = RamCnn(size=size, width=width, hidden=hidden, bins=n_bins, pool=pool).to(dev)
+    # The fixed bin stem runs once per core; augmentation then works on the binned maps
+    # (quarter turns and whole-pixel shifts exact, small angles interpolate the bin fractions).
+    x_all = prepare_inputs(cores, size, bins) if inputs is None else inputs
+    if x_all.shape[0] != len(cores):
+        raise BcpathError(f"RAM-CNN training: {x_all.shape[0]} prepared inputs for {len(cores)} cores")
+    x_all = x_all.to(dev)
     rng = np.random.default_rng(seed)
     labels = np.concatenate([dla_labels(r, n_dla_labels, dla_sigma, rng) for r in refs])
     index = np.repeat(np.arange(len(cores)), n_dla_labels)
@@ -475,7 +564,7 @@ def predict_h_scores(model: RamCnn, pairs: Sequence[tuple[np.ndarray, np.ndarray
     out = []
     for start in range(0, len(pairs), batch_size):
         chunk = [(s, t, 0.0, start + i) for i, (s, t) in enumerate(pairs[start : start + batch_size])]
-        out.append(model(_pair_tensor(chunk, model.size).to(dev)).float().cpu().numpy())
+        out.append(model(model.prepare(_pair_tensor(chunk, model.size).to(dev))).float().cpu().numpy())
     values = np.concatenate(out) if out else np.zeros(0, np.float32)
     return np.clip(values.astype(np.float64) * H_SCORE_MAX, 0.0, H_SCORE_MAX)
 
@@ -563,12 +652,18 @@ def leave_k_out_cv(
     folds = leave_k_out_folds(len(cores), k, seed)
     fold_of = np.empty(len(cores), np.int64)
     predicted = np.empty(len(cores), np.float64)
+    size = int(train_kwargs.get("size", RamcnnSettings.size))
+    inputs = prepare_inputs(cores, size, train_kwargs.get("bins", "auto"))  # once, not per fold
     for f, held in enumerate(folds):
         held_set = set(held.tolist())
-        train = [c for i, c in enumerate(cores) if i not in held_set]
+        keep = [i for i in range(len(cores)) if i not in held_set]
+        train = [cores[i] for i in keep]
         started = time.perf_counter()
-        model, _ = train_ramcnn(train, seed=seed + f, **train_kwargs)
-        predicted[held] = predict_h_scores(model, [(cores[i][0], cores[i][1]) for i in held])
+        model, _ = train_ramcnn(train, seed=seed + f, inputs=inputs[keep], **train_kwargs)
+        with torch.inference_mode():
+            dev = next(model.parameters()).device
+            out = model(inputs[torch.from_numpy(held)].to(dev)).float().cpu().numpy()
+        predicted[held] = np.clip(out.astype(np.float64) * H_SCORE_MAX, 0.0, H_SCORE_MAX)
         fold_of[held] = f
         logger.info("RAM-CNN leave-%d-out fold %d/%d: %d training cores, %.1fs", k, f + 1, len(folds), len(train), time.perf_counter() - started)
     table = pd.DataFrame(
@@ -638,6 +733,7 @@ def load_ramcnn(directory: str | os.PathLike[str], device: str | None = "cpu") -
     try:
         meta = json.loads(meta_path.read_text())
         config = {key: int(meta["architecture"][key]) for key in ("size", "width", "hidden")}
+        config.update({key: int(meta["architecture"][key]) for key in ("bins", "pool") if key in meta["architecture"]})
         expected = str(meta["sha256"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise BcpathError(f"RAM-CNN model {folder}: {META_NAME} is not a RAM-CNN record ({type(exc).__name__}: {exc}); {fix}") from exc
@@ -735,6 +831,11 @@ def train_ramcnn_step(input: Any, output: Any, params: Any, threads: int = 1, **
         "size": settings.size,
         "device": settings.device,
     }
+    # Network shape: not (yet) config keys of the closed schema; read when present, else the
+    # defaults (width 16, hidden 128, bins "auto": 8 intensity bins above 128 px).
+    section = dict(params.ramcnn or {}) if isinstance(params.ramcnn, dict) else {}
+    for key, default in (("width", 16), ("hidden", 128), ("bins", "auto")):
+        train_kwargs[key] = section.get(key, default)
     cores, ids, skipped = load_training_cores(input.cores)
     if len(cores) < 2 * k:
         raise BcpathError(
