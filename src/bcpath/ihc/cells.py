@@ -21,6 +21,12 @@ size in µm so that it holds at any resolution:
 
 Measurements are in OD units on the unsmoothed deconvolved channels.
 
+This threshold detector is no longer the default of IHC scoring: :func:`bcpath.ihc.score.score_core`
+takes its nuclei from the contrast-normalised OD-sum detector (:mod:`bcpath.ihc.odsum`), because a
+fixed 0.1 OD threshold misses pale-blue negative nuclei (issue 13). It stays available as
+``--nuclei-model threshold`` / ``segmenter="threshold"``, and :func:`detect_cells` measures and
+classifies the cells of every detector.
+
 Defaults were chosen on the four annotated DeepLIIF Ki67 tiles (0.25 µm/px;
 tests/test_ihc_cells.py), so these numbers are in-sample: pooled detection F1 0.78 at a 3 µm
 matching radius, % positive within 2.8 points per tile. The previous defaults (hematoxylin only,
