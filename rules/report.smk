@@ -67,9 +67,9 @@ rule nuclei_overlay:
 
 rule nuclei_counts:
     input:
-        features=lambda wildcards: he_slide_outputs("results/slides/{slide}/nuclei/features.parquet"),
+        features=lambda wildcards: nuclei_slide_outputs("results/slides/{slide}/nuclei/features.parquet"),
         regions=_nuclei_region_masks,
-        qc=lambda wildcards: he_slide_outputs("results/slides/{slide}/tissue/qc.json"),
+        qc=lambda wildcards: nuclei_slide_outputs("results/slides/{slide}/tissue/qc.json"),
     output:
         csv="results/cohort/nuclei/counts.csv",
         html=report(
@@ -83,7 +83,7 @@ rule nuclei_counts:
         "logs/nuclei_counts/cohort.log",
     params:
         code=step_code("nuclei_counts"),
-        slides=HE_SLIDES,
+        slides=NUCLEI_SLIDES,
         region=NUCLEI_REPORT_REGION,
     localrule: True
     threads: 1
