@@ -367,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=min(14, max(1, (os.cpu_count() or 2) - 2)))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=2, help="torch threads of the training process")
+    p.add_argument("--run-overhead-s", type=float, default=3.0, help="time kept per run for predicting the held-out set (CPU: minutes)")
     p.add_argument("--dry-run", action="store_true", help="tiny CPU run: 2 images per set, one fold, a few steps")
     args = p.parse_args(argv)
     t_start = time.perf_counter()
@@ -383,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:6.1f} s] {msg}", flush=True)
 
-    torch.set_num_threads(2 if not args.dry_run else 1)
+    torch.set_num_threads(1 if args.dry_run else args.threads)
     IMAGES.update(load_pack(args.pack, limit=2 if args.dry_run else None, crop=128 if args.dry_run else None))
     log(f"pack: " + ", ".join(f"{s} {len(v)}" for s, v in IMAGES.items()))
     ctx = mp.get_context("fork")
@@ -444,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     for k, (v, held, train) in enumerate(runs):
         now = time.perf_counter()
         left = deadline - final_reserve - now
-        per_run = left / (len(runs) - k) - 3  # predict + setup per run  # eval + setup overhead per run
+        per_run = left / (len(runs) - k) - args.run_overhead_s  # predict + setup per run  # eval + setup overhead per run
         if per_run < 8 and not args.dry_run:
             result["skipped"].append({"variant": v, "held_out": held, "why": f"budget: {per_run:.1f} s left per run"})
             log(f"skip {v} / {held}: budget")

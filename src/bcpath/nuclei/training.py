@@ -525,7 +525,7 @@ def predict_probabilities(
         chunk = origins[k : k + batch_size]
         x = torch.stack([_to_input(padded[r : r + t, c : c + t]) for r, c in chunk]).to(
             bundle.device
-        )
+        ).contiguous(memory_format=torch.channels_last)
         p = _tile_probabilities(bundle, x)
         for (r, c), pk in zip(chunk, p, strict=True):
             acc[:, r : r + t, c : c + t] += pk * win
@@ -636,7 +636,9 @@ def load_nuclei_model(
     )  # fmt: skip
     model = build_model(meta["architecture"])
     model.load_state_dict(state)
-    model.to(device).eval()
+    # channels_last: 1.4x faster convolutions on one CPU thread (bench/nuclei.py), same outputs
+    # to float rounding
+    model.to(device).to(memory_format=torch.channels_last).eval()
     stain_path = folder / "stain.json"
     # An IHC model was trained on re-rendered images and takes IHC as it is.
     normalise_input = meta.get("stain_normalisation") and meta.get("target_stain", "he") == "he"
