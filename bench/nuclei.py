@@ -51,6 +51,19 @@ def make_slide(out: Path, size: tuple[int, int]) -> tuple[Path, np.ndarray, floa
     return path, mask, 8.0
 
 
+def _segmenter(name: str, device: str | None) -> Any:
+    """get_segmenter, with trained models on ``device`` when given."""
+    from bcpath.nuclei.slide import get_segmenter
+
+    if device is None or not Path(name).exists():
+        return get_segmenter(name)
+    import functools
+
+    from bcpath.nuclei.training import load_nuclei_model, predict_instances
+
+    return functools.partial(predict_instances, load_nuclei_model(name, device=device))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="fiji", help="fiji | watershed | otsu | a trained U-Net folder (default fiji)")
@@ -62,6 +75,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small slide, 1 rep (smoke test)")
     parser.add_argument("--tmp", type=Path, default=None, help="folder for the temporary slide")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--baseline", default=None, help="also time this segmenter (e.g. models/nuclei_unet) on the same tiles and print the speed ratio --model / --baseline")
+    parser.add_argument("--device", default=None, help="device of trained models (cpu, cuda; default: CUDA when available)")
     args = parser.parse_args()
     if args.quick:
         args.size, args.reps = (1600, 1200), 1
@@ -69,7 +84,8 @@ def main() -> int:
     from bcpath.nuclei.slide import get_segmenter, plan_tiles, segment_slide
     from bcpath.wsi import open_slide
 
-    segmenter = get_segmenter(args.model)
+    segmenter = _segmenter(args.model, args.device)
+    baseline = _segmenter(args.baseline, args.device) if args.baseline else None
     with tempfile.TemporaryDirectory(prefix="bcpath-bench-", dir=args.tmp) as tmp:
         tmp_dir = Path(tmp)
         path, mask, mask_mpp = make_slide(tmp_dir, tuple(args.size))
@@ -94,11 +110,24 @@ def main() -> int:
             return time.perf_counter() - started
 
         segmenter_only(-1)  # warm-up (imports, caches)
+        if baseline is not None:
+            def baseline_only(rep: int) -> float:
+                started = time.perf_counter()
+                for tile in tiles:
+                    baseline(tile, args.mpp)
+                return time.perf_counter() - started
+
+            baseline_only(-1)
         times: dict[str, list[float]] = {"slide path": [], "segmenter only": []}
         for rep in range(args.reps):
             order = [("slide path", slide_path), ("segmenter only", segmenter_only)]
             for name, run in order if rep % 2 == 0 else order[::-1]:
                 times[name].append(run(rep))
+    if baseline is not None:
+        times["baseline only"] = []
+        for rep in range(args.reps):
+            times["baseline only"].append(baseline_only(rep))
+            times["segmenter only"].append(segmenter_only(rep))
     rates = {name: megapixels / statistics.median(values) for name, values in times.items()}
     ratio = rates["slide path"] / rates["segmenter only"]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -109,6 +138,8 @@ def main() -> int:
         print(f"{name:<16} {rates[name]:>8.2f} {statistics.median(times[name]):>9.2f}")
     print(f"nuclei found: {slide_path.n_nuclei}")  # type: ignore[attr-defined]
     print(f"ratio slide path/segmenter only: {ratio:.2f}")
+    if baseline is not None:
+        print(f"speed ratio {args.model} / {args.baseline} (segmenter only): {rates['segmenter only'] / rates['baseline only']:.2f}x")
     print(f"peak RSS: {peak_mb:.0f} MB")
     if args.json:
         result: dict[str, Any] = {
@@ -116,6 +147,8 @@ def main() -> int:
             "mp_per_s": rates, "seconds": times, "ratio": ratio, "peak_rss_mb": peak_mb,
             "n_nuclei": slide_path.n_nuclei,  # type: ignore[attr-defined]
             "machine": platform.platform(),
+            "baseline": args.baseline,
+            "speed_ratio_vs_baseline": (rates["segmenter only"] / rates["baseline only"]) if baseline is not None else None,
         }
         args.json.write_text(json.dumps(result, indent=2))
     return 0
