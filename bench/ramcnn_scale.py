@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--bins", default="auto", help="'auto' (8 above 128 px) or a count (0 = raw input)")
+    parser.add_argument("--pool", type=int, default=None, help="pooling of the bins (default: to ~128 px; 8 at 512 = 64 px maps)")
     parser.add_argument("--k", type=int, default=5, help="cores held out per fold (paper: 5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="JSON file for the results")
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     cv, metrics = leave_k_out_cv(
         cores, args.k, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        n_dla_labels=args.n_dla, dla_sigma=args.dla_sigma, size=args.size, width=args.width, bins=bins, device="cpu",
+        n_dla_labels=args.n_dla, dla_sigma=args.dla_sigma, size=args.size, width=args.width, bins=bins, pool=args.pool, device="cpu",
     )
     seconds = time.perf_counter() - started
     merged = cv.merge(table[["key", "h_score_cells", "h_score_nap", "tumor_fraction", "flags"]], left_on="core_id", right_on="key")

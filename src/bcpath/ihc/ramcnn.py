@@ -429,19 +429,21 @@ def dla_labels(reference: float, n: int, sigma: float, rng: np.random.Generator)
 # Training and prediction
 
 
-def resolve_bins(bins: int | str, size: int) -> tuple[int, int]:
-    """(bins, pool) of a ``bins`` setting ("auto": :func:`auto_bins`; a count: pooled to ~128 px)."""
+def resolve_bins(bins: int | str, size: int, pool: int | None = None) -> tuple[int, int]:
+    """(bins, pool) of a ``bins`` setting ("auto": :func:`auto_bins`; a count: pooled to ~128
+    px); ``pool`` replaces the pooling factor when given."""
     if bins == "auto":
-        return auto_bins(size)
+        n_bins, auto_pool = auto_bins(size)
+        return n_bins, (pool or auto_pool) if n_bins else 1
     if isinstance(bins, int) and not isinstance(bins, bool) and bins >= 0:
-        return bins, max(1, size // STEM_BASE) if bins else 1
+        return bins, (pool or max(1, size // STEM_BASE)) if bins else 1
     raise BcpathError(f"RAM-CNN: bins must be 'auto' or a count >= 0, got {bins!r}")
 
 
-def prepare_inputs(cores: Sequence[Core], size: int, bins: int | str = "auto", chunk: int = 16) -> torch.Tensor:
+def prepare_inputs(cores: Sequence[Core], size: int, bins: int | str = "auto", chunk: int = 16, pool: int | None = None) -> torch.Tensor:
     """The network inputs of ``cores``: SINI/SITI resized to ``size``, then intensity-binned
     (:func:`bin_intensities`) when ``bins`` asks for it; CPU float32."""
-    n_bins, pool = resolve_bins(bins, size)
+    n_bins, pool = resolve_bins(bins, size, pool)
     parts = []
     for start in range(0, len(cores), chunk):
         x = _pair_tensor(cores[start : start + chunk], size)
@@ -463,6 +465,7 @@ def train_ramcnn(
     width: int = 16,
     hidden: int = 128,
     bins: int | str = "auto",
+    pool: int | None = None,
     augment: bool = True,
     max_angle: float = 10.0,
     max_shift: float = 0.1,
@@ -490,6 +493,8 @@ def train_ramcnn(
         width, hidden: network widths (:class:`RamCnn`).
         bins: intensity bins of the stem (pooled to ``size // 128`` px; :class:`RamCnn`), 0 =
             none, or "auto" (:func:`auto_bins`: none up to 128 px, 8 bins above).
+        pool: pooling factor of the bins (None: to about 128 px; e.g. 8 at 512 px = 64 px maps,
+            4 x cheaper).
         augment: rotate/shift training samples.
         max_angle, max_shift, p_small_angle: augmentation (:func:`augment_batch`).
         inputs: the cores' network inputs when computed already (:func:`prepare_inputs` with
@@ -514,11 +519,11 @@ def train_ramcnn(
         raise BcpathError(f"RAM-CNN training: reference H-Score missing or outside 0-300 for core(s) {', '.join(bad[:5])}; fix or drop them")
     dev = choose_device(device)
     torch.manual_seed(seed)
-    n_bins, pool = resolve_bins(bins, size)
+    n_bins, pool = resolve_bins(bins, size, pool)
     model = RamCnn(size=size, width=width, hidden=hidden, bins=n_bins, pool=pool).to(dev)
     # The fixed bin stem runs once per core; augmentation then works on the binned maps
     # (quarter turns and whole-pixel shifts exact, small angles interpolate the bin fractions).
-    x_all = prepare_inputs(cores, size, bins) if inputs is None else inputs
+    x_all = prepare_inputs(cores, size, bins, pool=pool) if inputs is None else inputs
     if x_all.shape[0] != len(cores):
         raise BcpathError(f"RAM-CNN training: {x_all.shape[0]} prepared inputs for {len(cores)} cores")
     x_all = x_all.to(dev)
@@ -653,7 +658,7 @@ def leave_k_out_cv(
     fold_of = np.empty(len(cores), np.int64)
     predicted = np.empty(len(cores), np.float64)
     size = int(train_kwargs.get("size", RamcnnSettings.size))
-    inputs = prepare_inputs(cores, size, train_kwargs.get("bins", "auto"))  # once, not per fold
+    inputs = prepare_inputs(cores, size, train_kwargs.get("bins", "auto"), pool=train_kwargs.get("pool"))  # once, not per fold
     for f, held in enumerate(folds):
         held_set = set(held.tolist())
         keep = [i for i in range(len(cores)) if i not in held_set]
@@ -834,7 +839,7 @@ def train_ramcnn_step(input: Any, output: Any, params: Any, threads: int = 1, **
     # Network shape: not (yet) config keys of the closed schema; read when present, else the
     # defaults (width 16, hidden 128, bins "auto": 8 intensity bins above 128 px).
     section = dict(params.ramcnn or {}) if isinstance(params.ramcnn, dict) else {}
-    for key, default in (("width", 16), ("hidden", 128), ("bins", "auto")):
+    for key, default in (("width", 16), ("hidden", 128), ("bins", "auto"), ("pool", None)):
         train_kwargs[key] = section.get(key, default)
     cores, ids, skipped = load_training_cores(input.cores)
     if len(cores) < 2 * k:
