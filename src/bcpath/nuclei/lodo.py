@@ -104,13 +104,27 @@ def summarise_set(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     inter = float(sum(float(r["inter"]) for r in rows))
     union = float(sum(float(r["union"]) for r in rows))
     worst = int(np.argmin(ajis))
-    return {
+    out: dict[str, Any] = {
         "mean_aji": float(ajis.mean()),
         "pooled_aji": inter / union if union > 0 else 0.0,
         "worst_image": str(rows[worst]["image"]),
         "worst_aji": float(ajis[worst]),
         "n_images": len(rows),
     }
+    # tiles of one source image (CoNSeP's train_<image>_<tile>): the worst source, pooled over
+    # its tiles (a 256 px tile with two nuclei says little on its own)
+    from bcpath.nuclei.datasets import source_image
+
+    sources: dict[str, list[float]] = {}
+    for r in rows:
+        acc = sources.setdefault(source_image(str(r["image"])), [0.0, 0.0])
+        acc[0] += float(r["inter"])
+        acc[1] += float(r["union"])
+    if len(sources) < len(rows):
+        pooled = {k: (c / u if u > 0 else 0.0) for k, (c, u) in sources.items()}
+        name = min(pooled, key=lambda k: pooled[k])
+        out.update(worst_source=name, worst_source_aji=pooled[name], n_sources=len(pooled))
+    return out
 
 
 def choose_threshold(per_set: Mapping[str, Mapping[float, dict[str, Any]]]) -> float:
@@ -131,7 +145,13 @@ def lodo_markdown(table: Mapping[str, Mapping[str, Mapping[str, Any]]], sets: Se
         cells = []
         for s in sets:
             r = per.get(s)
-            cells.append("—" if r is None else f"{r['mean_aji']:.3f} / {r['pooled_aji']:.3f} ({r['worst_image']} {r['worst_aji']:.3f})")
+            if r is None:
+                cells.append("—")
+                continue
+            worst = f"{r['worst_image']} {r['worst_aji']:.3f}"
+            if "worst_source" in r:
+                worst = f"source {r['worst_source']} {r['worst_source_aji']:.3f}; tile {worst}"
+            cells.append(f"{r['mean_aji']:.3f} / {r['pooled_aji']:.3f} ({worst})")
         means = [per[s]["mean_aji"] for s in sets if s in per]
         overall = f"{np.mean(means):.3f}" if len(means) == len(sets) else "—"
         lines.append(f"| {variant} | " + " | ".join(cells) + f" | {overall} |")
