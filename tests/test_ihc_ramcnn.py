@@ -333,13 +333,13 @@ def test_bin_intensities_split_each_pixel_between_two_bins_and_skip_zeros():
 def test_512_px_model_bins_its_inputs_and_the_default_128_px_model_is_unchanged(tmp_path):
     from bcpath.ihc.ramcnn import auto_bins, prepare_inputs
 
-    assert auto_bins(128) == (0, 1) and auto_bins(512) == (8, 4)
+    assert auto_bins(128) == (0, 1) and auto_bins(512) == (8, 8) and auto_bins(256) == (8, 4)
     cores = synthetic_cores(4, side=512, seed=3)
     model, history = train_ramcnn(cores, epochs=1, batch_size=2, size=512, n_dla_labels=1, width=4, hidden=8)
-    assert model.config == {"size": 512, "width": 4, "hidden": 8, "bins": 8, "pool": 4}
+    assert model.config == {"size": 512, "width": 4, "hidden": 8, "bins": 8, "pool": 8}
     assert model.sini_column[0].in_channels == 8 and len(history) == 1
     prepared = prepare_inputs(cores, 512)
-    assert prepared.shape == (4, 16, 128, 128)
+    assert prepared.shape == (4, 16, 64, 64)
     raw = torch.stack([torch.from_numpy(np.stack([c[0], c[1]])) for c in cores])
     with torch.inference_mode():
         assert torch.allclose(model(raw), model(prepared), atol=1e-6)  # raw SINI/SITI are binned in forward
