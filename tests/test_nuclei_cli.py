@@ -143,3 +143,38 @@ def test_entry_point_subprocess(tmp_path):
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("bcpath: nuclei model 'unet'")
+
+
+def test_lodo_command_scores_each_set(tmp_path, capsys):
+    """`bcpath nuclei lodo --model otsu`: one row per set (mean / pooled AJI, worst image);
+    JPEG and TIFF images in CPM-15 layout; a bad --set names the problem."""
+    import json
+
+    yy, xx = np.mgrid[0:96, 0:96]
+    for name, suffix in (("a", ".jpg"), ("b", ".tif")):
+        root = tmp_path / name
+        (root / "images").mkdir(parents=True)
+        (root / "inst_masks").mkdir()
+        labels = np.zeros((96, 96), np.uint16)
+        for k, (cy, cx) in enumerate([(30, 30), (60, 64), (25, 70)], start=1):
+            labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= 64] = k
+        rgb = np.full((96, 96, 3), 235, np.uint8)
+        rgb[labels > 0] = (70, 40, 130)
+        for i in range(2):
+            stem = f"train_1_{i:03d}"
+            if suffix == ".jpg":
+                cv2.imwrite(str(root / "images" / f"{stem}.jpg"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            else:
+                tifffile.imwrite(root / "images" / f"{stem}.tif", rgb)
+            tifffile.imwrite(root / "inst_masks" / f"{stem}_inst.tif", labels)
+        (root / "mpp.json").write_text('{"*": 0.5}')
+    out = tmp_path / "out"
+    assert main(["nuclei", "lodo", "--model", "otsu", "--set", f"a={tmp_path / 'a'}", "--set", f"b={tmp_path / 'b'}", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("| variant |") and "| otsu |" in text
+    result = json.loads((out / "lodo.json").read_text())
+    assert set(result["summary"]) == {"a", "b"}
+    for row in result["summary"].values():
+        assert row["mean_aji"] > 0.6 and row["n_images"] == 2 and row["worst_source"] == "train_1"
+    assert main(["nuclei", "lodo", "--model", "otsu", "--set", "nofolder"]) != 0
+    assert "expected NAME=DIR" in capsys.readouterr().err
