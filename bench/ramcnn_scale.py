@@ -12,6 +12,17 @@ The cores table is the workflow's (collect_ihc_cores): SINI/SITI .npz written by
 ``ihc.ramcnn.size`` (512 in config/large_tma.yaml; a smaller --size area-resizes them), cell
 scoring and NAP H-Scores, and the reference (= planted) H-Score. Prints a Markdown table and
 writes the metrics, settings, per-core predictions and timing as JSON.
+
+Measured (120 cores, seed 0, 2 CPU cores shared with other jobs, 1 torch thread), leave-5-out
+(24 folds of 115 training cores), 20 epochs x 2 DLA copies, batch 16, Adam 1e-3, σ 0.9:
+
+    method                                  MAE   SD    r      CV time
+    RAM-CNN 512 px (8 bins, pool 8)         13.5  13.2  0.977  7.5 min
+    RAM-CNN 128 px (demo network)           19.9  16.4  0.958  13.3 min (busier machine)
+    cell scoring                             0.4   1.4  1.000
+    NAP                                     44.5  28.8  0.979
+
+The workflow (train_ramcnn with config/large_tma.yaml) gives the same RAM-CNN CV to 4 digits.
 """
 
 from __future__ import annotations
