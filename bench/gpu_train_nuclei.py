@@ -70,9 +70,21 @@ cv2.setNumThreads(1)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bcpath.nuclei.lodo import MixedSampler, choose_threshold, lodo_folds, lodo_markdown, score_image, summarise_set  # noqa: E402
+from bcpath.nuclei.lodo import (  # noqa: E402
+    MixedSampler,
+    choose_threshold,
+    lodo_folds,
+    lodo_markdown,
+    score_image,
+    summarise_set,
+)
 from bcpath.nuclei.maps import decode_maps, n_outputs, predict_maps  # noqa: E402
-from bcpath.nuclei.targets import DISTANCE_THRESHOLDS, distance_target, encode_targets, unet_weight_map  # noqa: E402
+from bcpath.nuclei.targets import (  # noqa: E402
+    DISTANCE_THRESHOLDS,
+    distance_target,
+    encode_targets,
+    unet_weight_map,
+)
 
 SETS = ("monuseg", "cpm15", "consep")
 IB_THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8)
@@ -387,11 +399,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1 if args.dry_run else args.threads)
     IMAGES.update(load_pack(args.pack, limit=2 if args.dry_run else None, crop=128 if args.dry_run else None))
-    log(f"pack: " + ", ".join(f"{s} {len(v)}" for s, v in IMAGES.items()))
+    log("pack: " + ", ".join(f"{s} {len(v)}" for s, v in IMAGES.items()))
     ctx = mp.get_context("fork")
     pool = ctx.Pool(args.workers, initializer=_worker_init)  # before CUDA is touched
-    for s, i, extra in pool.imap_unordered(_targets, [(s, i) for s in SETS for i in range(len(IMAGES[s]))], chunksize=4):
-        IMAGES[s][i].extra = extra
+    jobs = [(name, i) for name in SETS for i in range(len(IMAGES[name]))]
+    for name, i, extra in pool.imap_unordered(_targets, jobs, chunksize=4):
+        IMAGES[name][i].extra = extra
     log("targets ready")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":

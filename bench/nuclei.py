@@ -81,7 +81,7 @@ def main() -> int:
     if args.quick:
         args.size, args.reps = (1600, 1200), 1
 
-    from bcpath.nuclei.slide import get_segmenter, plan_tiles, segment_slide
+    from bcpath.nuclei.slide import plan_tiles, segment_slide
     from bcpath.wsi import open_slide
 
     segmenter = _segmenter(args.model, args.device)

@@ -137,6 +137,7 @@ rule evaluate_stage2:
         roc=report(
             "results/cohort/stage2/{biomarker}/roc.png",
             category="ER/PR/HER2",
+            caption="../report/erpr_roc.rst",
             subcategory="ROC curves",
             labels={"biomarker": "{biomarker}"},
         ),
@@ -174,6 +175,7 @@ rule interpret_smoothgrad:
         png=report(
             "results/cohort/interpret/{biomarker}/smoothgrad.png",
             category="ER/PR/HER2",
+            caption="../report/erpr_smoothgrad.rst",
             subcategory="interpretability",
             labels={"biomarker": "{biomarker}", "figure": "SmoothGrad"},
         ),
@@ -207,6 +209,7 @@ rule interpret_clusters:
         dendrogram=report(
             "results/cohort/interpret/clusters/dendrogram.png",
             category="ER/PR/HER2",
+            caption="../report/erpr_dendrogram.rst",
             subcategory="interpretability",
             labels={"figure": "cluster dendrogram"},
         ),

@@ -108,6 +108,7 @@ def heatmap_outputs():
             f"results/slides/{{slide}}/heatmaps/{model_id}.png",
             category="ER/PR/HER2",
             subcategory=f"heatmaps {model_id}",
+            caption="../report/erpr_heatmap.rst",
             labels={"slide": "{slide}", "model": model_id},
         )
         outputs[f"geojson_{k}"] = f"results/slides/{{slide}}/heatmaps/{model_id}.geojson"

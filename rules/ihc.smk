@@ -125,6 +125,9 @@ rule aggregate_hscore:
         scatter=report(
             "results/cohort/ihc/hscore_scatter.png",
             category="IHC H-Score",
+            subcategory="agreement",
+            caption="../report/hscore_scatter.rst",
+            labels={"figure": "H-Score scatter"},
         ),
     log:
         "logs/aggregate_hscore/cohort.log",

@@ -51,3 +51,22 @@ def torch_one_thread():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """A finished default run (`snakemake --cores 2`) of the demo cohort, made once per session.
+
+    Shared by tests/test_workflow_demo.py (outputs against the planted truth) and
+    tests/test_report.py (`snakemake --report` on the same run). ``BCPATH_DEMO_RUN=<folder of a
+    finished default run>`` reuses an existing run instead of making one (about 15 min on 2 cores).
+    """
+    from tests.workflow_helpers import run_snakemake
+
+    existing = os.environ.get("BCPATH_DEMO_RUN")
+    if existing:
+        return Path(existing)
+    work = tmp_path_factory.mktemp("demo_run")
+    result = run_snakemake(work, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-5000:]
+    return work

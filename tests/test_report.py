@@ -10,7 +10,6 @@ existing run instead.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import tests.conftest as conftest
 from bcpath.overlays import (
     HOTSPOT_RGB,
     MITOSIS_RGB,
@@ -94,21 +92,6 @@ def test_html_table_shades_flagged_and_failed_rows():
 
 
 # ---------------------------------------------------------------------------- the demo run's report
-
-
-if not hasattr(conftest, "demo_run"):
-
-    @pytest.fixture(scope="session")
-    def demo_run() -> Path:
-        """Stand-in until tests/conftest.py holds the demo run fixture: BCPATH_DEMO_RUN, else
-        skipped (failed under CI) rather than a second full demo run."""
-        folder = os.environ.get("BCPATH_DEMO_RUN")
-        if folder:
-            return Path(folder)
-        message = "no shared demo run: move the `demo_run` fixture to tests/conftest.py or set BCPATH_DEMO_RUN"
-        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def _embedded_json(html: str, name: str) -> dict:

@@ -1,7 +1,8 @@
 """The default run (`snakemake --cores 2`, no config edits) on the embedded demo cohort.
 
-Runs the whole DAG once in a scratch folder and checks the contents of the outputs against
-the demo cohort's planted truth.
+The whole DAG runs once per test session in a scratch folder (the ``demo_run`` fixture of
+tests/conftest.py, shared with tests/test_report.py) and these tests check the contents of the
+outputs against the demo cohort's planted truth.
 """
 
 from __future__ import annotations
@@ -21,14 +22,6 @@ from bcpath.tissue import read_mask
 from tests.workflow_helpers import REPO_ROOT, files_under, run_snakemake
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def demo_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("demo_run")
-    result = run_snakemake(work, "--cores", "2")
-    assert result.returncode == 0, result.stderr[-5000:]
-    return work
 
 
 def _demo_slides(work):

@@ -143,7 +143,7 @@ def predict_patches_step(input: Any, output: Any, params: Any, threads: int = 1,
         progress=True,
     )
     paths = _per_model(list(output.predictions), model_ids, "predict_patches")
-    for model_id, table in zip(model_ids, tables):
+    for model_id, table in zip(model_ids, tables, strict=True):
         write_predictions(table, paths[model_id])
 
 
