@@ -164,8 +164,23 @@ def read_heatmap_zarr(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[st
     return np.asarray(array[...], dtype=np.float32), dict(meta)
 
 
+COLORIZE_BLOCK_ROWS = 256
+"""Rows coloured at once: the float32 (rows, W, 3) temporaries stay a few MB on a whole-slide
+thumbnail (2,765 × 1,990 px for a 352 mm² slide at 8 µm/px) instead of several copies of it."""
+
+
 def colorize(p_map: np.ndarray) -> np.ndarray:
-    """(H, W) probabilities → (H, W, 3) uint8 RGB: blue (0) → grey (0.5) → red (1); NaN → black."""
+    """(H, W) probabilities → (H, W, 3) uint8 RGB: blue (0) → grey (0.5) → red (1); NaN → black.
+
+    Coloured in blocks of :data:`COLORIZE_BLOCK_ROWS` rows (same numbers as all at once)."""
+    rgb = np.empty((*p_map.shape, 3), dtype=np.uint8)
+    for top in range(0, p_map.shape[0], COLORIZE_BLOCK_ROWS):
+        rgb[top : top + COLORIZE_BLOCK_ROWS] = _colorize_rows(p_map[top : top + COLORIZE_BLOCK_ROWS])
+    return rgb
+
+
+def _colorize_rows(p_map: np.ndarray) -> np.ndarray:
+    """:func:`colorize` of one block of rows."""
     p = np.clip(np.nan_to_num(p_map, nan=0.0), 0.0, 1.0).astype(np.float32)
     low = p < 0.5
     t = np.where(low, p * 2.0, (p - 0.5) * 2.0)[..., None]
@@ -214,13 +229,17 @@ def heatmap_overlay_png(
     rows, valid_y = cell_index(height, origin_um[1], n_rows)
     if n_rows == 0 or n_cols == 0:
         return np.zeros((height, width, 3), dtype=np.uint8)
-    sampled = p_pos_map[rows[:, None], cols[None, :]].astype(np.float32)
-    sampled[~(valid_y[:, None] & valid_x[None, :])] = np.nan
-    rgb = colorize(sampled)
-    if alpha < 1.0:
-        tissue = ~np.isnan(sampled)
-        blended = alpha * rgb.astype(np.float32) + (1.0 - alpha) * thumbnail_rgb[..., :3].astype(np.float32)
-        rgb[tissue] = np.round(blended[tissue]).astype(np.uint8)
+    rgb = np.empty((height, width, 3), dtype=np.uint8)
+    for top in range(0, height, COLORIZE_BLOCK_ROWS):  # blocks of rows: no thumbnail-sized float copies
+        block = slice(top, top + COLORIZE_BLOCK_ROWS)
+        sampled = p_pos_map[rows[block, None], cols[None, :]].astype(np.float32)
+        sampled[~(valid_y[block, None] & valid_x[None, :])] = np.nan
+        colour = _colorize_rows(sampled)
+        if alpha < 1.0:
+            tissue = ~np.isnan(sampled)
+            blended = alpha * colour.astype(np.float32) + (1.0 - alpha) * thumbnail_rgb[block, :, :3].astype(np.float32)
+            colour[tissue] = np.round(blended[tissue]).astype(np.uint8)
+        rgb[block] = colour
     return rgb
 
 

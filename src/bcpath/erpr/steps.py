@@ -192,9 +192,10 @@ def render_heatmaps(
     if bgr is None:
         raise BcpathError(f"cannot read the tissue thumbnail {thumbnail_path}; re-run detect_tissue for this slide")
     overlay = heatmap_overlay_png(
-        cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), thumbnail_mpp, maps[0], stride * analysis_mpp,
+        bgr[..., ::-1], thumbnail_mpp, maps[0], stride * analysis_mpp,  # bgr[..., ::-1]: RGB view, no copy
         (origin[0] * level0_mpp, origin[1] * level0_mpp),
     )
+    del bgr  # a thumbnail-sized buffer: free it before write_png makes its BGR copy
     write_png(out_png, overlay)
 
     cell_level0_px = stride * float(meta["level0_px_per_px"])
