@@ -184,7 +184,7 @@ def _write_partial_cohort_tables(rows):
         write_partial_table(table, "results/cohort/qc.csv", inputs)
         logger.warning(f"bcpath: results/cohort/qc.csv lists {int((table.status == 'ok').sum())} of {len(table)} slide(s); the others failed or did not run")
     if IHC_SLIDES and any(not os.path.exists(IHC_SCORES.format(slide=s)) for s in IHC_SLIDES):
-        from bcpath.ihc.steps import partial_hscore_table
+        from bcpath.ihc.cores import partial_hscore_table
 
         sheets = {s: optional_value(SAMPLES, s, "core_scores") for s in IHC_SLIDES}
         table = partial_hscore_table(IHC_SLIDES, IHC_SCORES, sheets, failed)

@@ -1,5 +1,6 @@
 # ER/PR/HER2 from H&E (Gamble et al. 2021): stage-1 patch models → predictions → heatmaps →
-# stage-2 logistic regression per biomarker → evaluation. Logic: bcpath.erpr.steps.
+# stage-2 logistic regression per biomarker → evaluation. Steps: bcpath.steps.erpr
+# (the work: bcpath.erpr).
 # Set-up and input functions: rules/erpr_common.smk.
 
 

@@ -29,8 +29,8 @@ from bcpath.ihc.ramcnn import (
     save_ramcnn,
     sini_siti,
     train_ramcnn,
-    train_ramcnn_step,
 )
+from bcpath.steps.ihc import train_ramcnn_step
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -64,9 +64,9 @@ from scipy import ndimage as ndi
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from bcpath.engine import choose_device, fit, seed_everything, torch_threads
+from bcpath.engine import choose_device, fit, seed_everything
 from bcpath.errors import BcpathError
-from bcpath.io import atomic_path, json_ready, write_json
+from bcpath.io import json_ready, write_json
 from bcpath.models.registry import load_checked_state_dict, save_weights
 from bcpath.nuclei.datasets import CPM_IMAGE_SUFFIXES, NucleiSample, list_cpm15, list_monuseg
 from bcpath.nuclei.normalise import StainNormaliser
@@ -946,40 +946,6 @@ def _initialise_from(
     return {"path": os.fspath(path), "sha256": file_sha256(weights)}
 
 
-def train_nuclei_model_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
-    """Rule train_nuclei_model: dataset folders → results/models/nuclei/{best.pt, last.pt, train.json, log.csv, stain.json}."""
-    from bcpath.settings import from_params
-
-    settings = from_params(NucleiTrainSettings, params.training)
-    folders = list(input.data)
-    if not folders:
-        raise BcpathError(
-            "train_nuclei_model: nuclei.training.data lists no dataset folder; give MoNuSeg- or "
-            "CPM-15-layout folders, e.g. --config nuclei='{training: {data: [/data/monuseg]}}'"
-        )
-    device = choose_device(settings.device)
-    with torch_threads(threads, device):
-        train_nuclei_model(
-            folders,
-            Path(output.weights).parent,
-            encoder=settings.encoder,
-            pretrained_encoder=settings.pretrained_encoder,
-            init_from=settings.init_from,
-            target_stain=settings.target_stain,
-            epochs=settings.epochs,
-            batch_size=settings.batch_size,
-            lr=settings.lr,
-            patience=settings.patience,
-            max_minutes=settings.max_minutes,
-            val_organs=settings.val_organs,
-            val_names=settings.val_names,
-            plain_base=settings.plain_base,
-            seed=settings.seed,
-            model_mpp=float(params.mpp),
-            device=str(device),
-        )
-
-
 def evaluate_dataset(folders: Sequence[str | Path], segmenter: Any) -> pd.DataFrame:
     """Seed 2's Table 2 for annotated dataset folders: one row per image, then the mean.
 
@@ -1006,18 +972,3 @@ def evaluate_dataset(folders: Sequence[str | Path], segmenter: Any) -> pd.DataFr
     return table
 
 
-def evaluate_dataset_step(input: Any, output: Any, params: Any, **_: Any) -> None:
-    """Rule evaluate_nuclei: results/cohort/nuclei/evaluation.csv for nuclei.evaluation.data."""
-    from bcpath.nuclei.slide import get_segmenter
-
-    folders = list(input.data)
-    if not folders:
-        raise BcpathError(
-            "evaluate_nuclei: nuclei.evaluation.data lists no dataset folder; give annotated MoNuSeg- or CPM-15-layout folders"
-        )
-    table = evaluate_dataset(folders, get_segmenter(params.model))
-    with atomic_path(output.csv) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.4f")
-    if len(table):
-        mean = table.iloc[-1]
-        logger.info("nuclei %s on %d images: AJI %.3f, mAP %.3f, PQ %.3f", params.model, len(table) - 1, mean["aji"], mean["map"], mean["pq"])

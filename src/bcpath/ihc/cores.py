@@ -1,4 +1,5 @@
-"""IHC TMA steps of the workflow: dearray a slide, score every core, gather the cohort table.
+"""IHC TMA cores: dearray a slide, score every core, gather the cohort table (the rules' steps
+are in :mod:`bcpath.steps.ihc`).
 
 Per IHC slide (``stain = IHC`` in the sample sheet)::
 
@@ -28,7 +29,7 @@ import pandas as pd
 
 from bcpath.errors import BcpathError
 from bcpath.geojson import classification_name, feature, polygon_rings, read_geojson
-from bcpath.io import atomic_dir, atomic_path, write_json
+from bcpath.io import atomic_dir, atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -107,15 +108,6 @@ def core_image_table(slide: ImageSlide) -> pd.DataFrame:
     ).astype({"row": "Int64", "col": "Int64"})
 
 
-def open_ihc_slide(input: Any, params: Any) -> Any:
-    """The rule's slide: an :class:`ImageSlide` for a single-core image, else the WSI."""
-    if getattr(params, "core_image", False):
-        return ImageSlide(input.slide, params.slide_id, params.mpp)
-    from bcpath.pipeline import open_from_info
-
-    return open_from_info(input.info, input.slide)
-
-
 # --------------------------------------------------------------------------- dearraying
 
 
@@ -160,20 +152,6 @@ def core_mask(thumbnail: np.ndarray) -> np.ndarray:
     threshold = min(otsu_threshold(grey.ravel()), glass - 8.0)
     mask = ndimage.binary_fill_holes(grey < threshold)
     return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
-
-
-def dearray_step(input: Any, output: Any, params: Any, **_: Any) -> None:
-    """Rule dearray_tma (a single-core image gives its one-row table)."""
-    slide = open_ihc_slide(input, params)
-    if isinstance(slide, ImageSlide):
-        cores = core_image_table(slide)
-    else:
-        mask_mpp = max(float(params.mask_mpp), slide.mpp)
-        mask = core_mask(slide.thumbnail(mask_mpp))
-        cores = dearray_slide(slide, mask, mask_mpp, params.ihc, params.core_map)
-    logger.info("%s: %d cores found, %d grid positions empty", slide.slide_id, int((~cores.missing).sum()), int(cores.missing.sum()))
-    with atomic_path(output.cores) as tmp:
-        cores.to_parquet(tmp, index=False)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -464,16 +442,6 @@ def score_tma_slide(
     return table
 
 
-def score_tma_step(input: Any, output: Any, params: Any, **_: Any) -> None:
-    """Rule score_tma."""
-    slide = open_ihc_slide(input, params)
-    cores = pd.read_parquet(input.cores)
-    score_tma_slide(
-        slide, cores, params.ihc, params.annotations, output.scores, output.geojson, output.cores,
-        min_blur_score=params.min_blur_score,
-    )
-
-
 # --------------------------------------------------------------------------- cohort table
 
 
@@ -527,13 +495,6 @@ def collect_cores(score_files: list[str], core_scores: dict[str, str | None]) ->
     for row in unknown.itertuples():
         logger.warning("core scores of slide %s name core %s, which the slide does not have; ignored", row.slide_id, row.core_id)
     return table.merge(references, on=["slide_id", "core_id"], how="left")
-
-
-def collect_cores_step(input: Any, output: Any, params: Any, **_: Any) -> None:
-    """Rule collect_ihc_cores: results/cohort/ihc/cores.csv."""
-    table = collect_cores(list(input.scores), dict(params.core_scores))
-    with atomic_path(output.table) as tmp:
-        table.to_csv(tmp, index=False)
 
 
 def ramcnn_predictions(table: pd.DataFrame, model_dir: str | None, cv_csv: str | None) -> pd.DataFrame:
@@ -638,17 +599,3 @@ def scatter_png(table: pd.DataFrame, path: str | Path) -> None:
     plt.close(fig)
 
 
-def aggregate_hscore_step(input: Any, output: Any, **_: Any) -> None:
-    """Rule aggregate_hscore: results/cohort/hscore.csv, agreement JSON and scatter plot."""
-    cores = pd.read_csv(input.cores, dtype={"core_id": str, "slide_id": str, "flags": str, "npz": str})
-    model = input.get("model") if hasattr(input, "get") else None
-    cv = input.get("cv") if hasattr(input, "get") else None
-    ramcnn = ramcnn_predictions(cores, model, cv) if model else None
-    table = build_hscore_table(cores, ramcnn)
-    with atomic_path(output.csv) as tmp:
-        table.to_csv(tmp, index=False)
-    agreement = h_score_agreement(table)
-    write_json(output.agreement, {"n_cores": int(len(table)), "metrics": agreement})
-    scatter_png(table, output.scatter)
-    for column, metrics in agreement.items():
-        logger.info("%s vs reference: MAE %.1f, SD %.1f, r %.3f (n=%d)", column, metrics["mae"], metrics["sd_error"], metrics["pearson_r"], metrics["n"])
