@@ -52,8 +52,8 @@ def _encode(rgb: np.ndarray) -> bytes:
 def _one(args: tuple[object, str]) -> dict[str, object]:
     sample, stain = args
     from bcpath.nuclei.datasets import source_image
-    from bcpath.nuclei.normalise import StainNormaliser
     from bcpath.nuclei.training import resample_labels, resample_rgb
+    from bcpath.stain.normalise import StainNormaliser
 
     rgb, labels = sample.load()  # type: ignore[attr-defined]
     if labels.max() > np.iinfo(np.uint16).max:

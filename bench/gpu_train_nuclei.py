@@ -14,7 +14,7 @@ Per variant (``--variants``), per fold (train on two sets, score the third):
   source image uniform, tile uniform, position uniform), augmented on the device: any rotation,
   flip, scale 0.85-1.15, shear, smooth elastic displacement (``grid_sample``; targets by nearest
   neighbour, the U-Net weight map and the distance map bilinearly); for ``stainaug`` variants
-  the stain/intensity augmentation of :class:`bcpath.nuclei.stain_aug.StainAugment` on the raw
+  the stain/intensity augmentation of :class:`bcpath.stain.augment.StainAugment` on the raw
   image (or, with probability 0.3, on a JPEG-recompressed copy), for ``vahadane`` variants the
   Vahadane-normalised image as it is (the shipped model's input);
 - AdamW, one-cycle-like schedule (linear warm-up, cosine decay) over as many steps as the
@@ -309,7 +309,7 @@ def train_run(
     images: dict[str, list[Img]], sets: list[str], variant: dict[str, Any], seconds: float, args: argparse.Namespace,
     device: torch.device, log: Any, tensors: dict[str, list[torch.Tensor]], max_steps: int | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    from bcpath.nuclei.stain_aug import StainAugment
+    from bcpath.stain.augment import StainAugment
 
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)

@@ -17,7 +17,6 @@ from skimage.segmentation import find_boundaries
 
 from bcpath.errors import BcpathError
 from bcpath.nuclei.datasets import NucleiSample
-from bcpath.nuclei.normalise import StainNormaliser
 from bcpath.nuclei.training import (
     NucleiTileDataset,
     PreparedImage,
@@ -34,6 +33,7 @@ from bcpath.nuclei.training import (
     tile_starts,
     train_nuclei_model,
 )
+from bcpath.stain.normalise import StainNormaliser
 
 BACKGROUND_RGB = (235, 180, 210)  # eosin-pink
 NUCLEUS_RGB = (110, 60, 150)  # hematoxylin-purple
@@ -280,8 +280,8 @@ def test_real_monuseg_image_normalise_and_tiles(require_shared) -> None:
 
 
 def test_render_ihc_keeps_nuclei_and_plants_dab() -> None:
-    from bcpath.ihc.deconvolution import estimate_white, qupath_stain_vectors, separate_stains
-    from bcpath.nuclei.ihc_render import render_ihc
+    from bcpath.stain.deconvolution import estimate_white, qupath_stain_vectors, separate_stains
+    from bcpath.stain.ihc_render import render_ihc
 
     rgb, labels = _synthetic((128, 128), 14, seed=5)
     ids = np.unique(labels[labels > 0])

@@ -3,8 +3,8 @@
 Follows the steps of QuPath's "Positive cell detection" (watershed cell detection), with every
 size in µm so that it holds at any resolution:
 
-1. colour deconvolution (:func:`bcpath.ihc.deconvolution.separate_stains`), white level from
-   the image (:func:`bcpath.ihc.deconvolution.estimate_white`);
+1. colour deconvolution (:func:`bcpath.stain.deconvolution.separate_stains`), white level from
+   the image (:func:`bcpath.stain.deconvolution.estimate_white`);
 2. detection image: hematoxylin OD + DAB OD (default; a strongly Ki67/ER-positive nucleus
    hides its hematoxylin under DAB, so hematoxylin alone misses it), or hematoxylin OD
    (QuPath's default), or the summed RGB OD (QuPath's "Optical density sum");
@@ -46,7 +46,7 @@ from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.segmentation import expand_labels, relabel_sequential, watershed
 
-from bcpath.ihc.deconvolution import (
+from bcpath.stain.deconvolution import (
     DAB_CHANNEL,
     H_CHANNEL,
     StainVectors,

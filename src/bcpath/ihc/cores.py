@@ -145,7 +145,7 @@ def core_mask(thumbnail: np.ndarray) -> np.ndarray:
     """
     from scipy import ndimage
 
-    from bcpath.ihc.deconvolution import luminance, otsu_threshold
+    from bcpath.stain.deconvolution import luminance, otsu_threshold
 
     grey = cv2.medianBlur(np.clip(luminance(thumbnail), 0, 255).astype(np.uint8), 5).astype(np.float32)
     glass = float(np.percentile(grey, 99))
@@ -244,8 +244,8 @@ def score_tma_core(
         ``tumor`` (H, W) bool or None, ``roi`` (H, W) bool, ``score`` (CoreScore), ``x0``,
         ``y0`` (level-0 px of the window's top-left) and ``scale`` (window px per level-0 px).
     """
-    from bcpath.ihc.deconvolution import estimate_white, rgb_to_od
     from bcpath.ihc.score import TISSUE_OD, score_core
+    from bcpath.stain.deconvolution import estimate_white, rgb_to_od
 
     mpp = float(ihc["mpp"])
     diameter_um = float(core["diameter_um"])
@@ -352,7 +352,7 @@ def _core_feature(row: dict[str, Any], radius: float) -> dict[str, Any]:
 def core_stain_intensity(rgb: np.ndarray, stains: str) -> np.ndarray:
     """(H, W) float32 I_la of a core with the configured stain vectors and the core's own white
     (as cell scoring and SINI/SITI use), computed once for the overlay and the RAM-CNN inputs."""
-    from bcpath.ihc.deconvolution import estimate_white, get_stain_vectors, stain_intensity_image
+    from bcpath.stain.deconvolution import estimate_white, get_stain_vectors, stain_intensity_image
 
     return stain_intensity_image(rgb, stains=get_stain_vectors(stains), i0=estimate_white(rgb))
 

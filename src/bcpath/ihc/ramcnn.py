@@ -3,7 +3,7 @@
 Liu et al. predict the H-Score (0-300) of a TMA core directly from two images:
 
 - **SINI** (stain intensity nuclei image) = ``I_la x G``: the stain-intensity image
-  (:func:`bcpath.ihc.deconvolution.stain_intensity_image`, LAMT-based, in [0, 1]) inside the
+  (:func:`bcpath.stain.deconvolution.stain_intensity_image`, LAMT-based, in [0, 1]) inside the
   nuclei mask G;
 - **SITI** (stain intensity tumour image) = ``I_la x T``: the same inside the tumour mask T.
 
@@ -169,7 +169,7 @@ def sini_siti(
     Raises:
         BcpathError: not an (H, W, 3) image, masks of another size, no mask and no mpp.
     """
-    from bcpath.ihc.deconvolution import (
+    from bcpath.stain.deconvolution import (
         estimate_white,
         get_stain_vectors,
         rgb_to_od,

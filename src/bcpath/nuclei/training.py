@@ -8,7 +8,7 @@ Pipeline (every choice is recorded in ``train.json``):
   by default (20×): MoNuSeg (0.25) and CPM-15 40× images are halved, CPM-15 20× images kept.
   RGB: area interpolation down, linear up; labels: nearest neighbour. At 0.5 µm/px a nucleus
   is ~10-20 px across and a 256 px tile covers 128 µm; it also quarters CPU cost.
-- **Stain.** Vahadane normalisation (:mod:`bcpath.nuclei.normalise`) fitted once to one training
+- **Stain.** Vahadane normalisation (:mod:`bcpath.stain.normalise`) fitted once to one training
   image (``stain_reference``; default: the first training image by (dataset, name), i.e. CPM-15
   image01 with the default data, at model µm/px), saved
   as ``stain.json`` and reused unchanged at inference.
@@ -69,7 +69,7 @@ from bcpath.errors import BcpathError
 from bcpath.io import json_ready, write_json
 from bcpath.models.registry import load_checked_state_dict, save_weights
 from bcpath.nuclei.datasets import CPM_IMAGE_SUFFIXES, NucleiSample, list_cpm15, list_monuseg
-from bcpath.nuclei.normalise import StainNormaliser
+from bcpath.stain.normalise import StainNormaliser
 
 __all__ = [
     "DEFAULT_VAL_NAMES",
@@ -367,7 +367,7 @@ def _check_target_stain(target_stain: str) -> str:
 
 def render_images_ihc(images: Sequence[PreparedImage], seed: int) -> list[PreparedImage]:
     """Validation images re-rendered once as DAB + hematoxylin (one fixed draw per image)."""
-    from bcpath.nuclei.ihc_render import render_ihc
+    from bcpath.stain.ihc_render import render_ihc
 
     return [
         replace(im, rgb=render_ihc(im.rgb, im.labels, np.random.default_rng((seed, 1_000_003, i))))
@@ -382,7 +382,7 @@ class NucleiTileDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     item draws its transform from ``np.random.default_rng((seed, epoch, index))`` (call
     :meth:`set_epoch`), so a run is reproducible; without it, items are cached.
     ``target_stain="ihc"`` re-renders each augmented tile as DAB + hematoxylin
-    (:func:`bcpath.nuclei.ihc_render.render_ihc`); un-augmented images are used as given.
+    (:func:`bcpath.stain.ihc_render.render_ihc`); un-augmented images are used as given.
     """
 
     def __init__(
@@ -418,7 +418,7 @@ class NucleiTileDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
             rng = np.random.default_rng((self.seed, self.epoch, idx))
             rgb, lab = augment_tile(rgb, lab, (r, c), self.tile, rng)
             if self.target_stain == "ihc":
-                from bcpath.nuclei.ihc_render import render_ihc
+                from bcpath.stain.ihc_render import render_ihc
 
                 rgb = render_ihc(rgb, lab, rng)
             return rgb, lab
