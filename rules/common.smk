@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 
 from bcpath.cohort import load_cohort, optional_value
 from bcpath.errors import BcpathError
+from bcpath.ihc.cores import CORE_IMAGE_SUFFIXES
 from bcpath.workflow import (
     FinishedJob,
     clear_finished_jobs,
@@ -73,7 +74,7 @@ SLIDES = list(SAMPLES.index)
 # IHC rows whose file is a PNG/JPEG are single-core images: no slide foundation (OpenSlide) for them.
 CORE_IMAGES = [
     s for s in SLIDES
-    if SAMPLES.at[s, "stain"] == "IHC" and str(SAMPLES.at[s, "path"]).lower().endswith((".png", ".jpg", ".jpeg"))
+    if SAMPLES.at[s, "stain"] == "IHC" and str(SAMPLES.at[s, "path"]).lower().endswith(CORE_IMAGE_SUFFIXES)
 ]
 WSI_SLIDES = [s for s in SLIDES if s not in CORE_IMAGES]
 HE_SLIDES = [s for s in SLIDES if (SAMPLES.at[s, "stain"] or "HE") == "HE"]

@@ -29,7 +29,9 @@ import pandas as pd
 
 from bcpath.errors import BcpathError
 from bcpath.geojson import classification_name, feature, polygon_rings, read_geojson
+from bcpath.images import IMAGE_SUFFIXES, laplacian_variance
 from bcpath.io import atomic_dir, atomic_path
+from bcpath.wsi import SLIDE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +60,9 @@ CLASS_COLORS = ([112, 112, 225], [255, 215, 0], [255, 140, 0], [200, 0, 0])
 
 # --------------------------------------------------------------------------- core images
 
-#: Sheet rows with stain IHC whose file has one of these suffixes are single-core images.
-CORE_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: Sheet rows with stain IHC whose file has one of these suffixes are single-core images: the
+#: image suffixes that are not slide extensions (.png, .jpg, .jpeg).
+CORE_IMAGE_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s not in SLIDE_EXTENSIONS)
 
 
 class ImageSlide:
@@ -204,8 +207,7 @@ def blur_score(rgb: np.ndarray, tissue: np.ndarray, mpp: float) -> float:
         size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
         grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
         tissue = cv2.resize(tissue.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST_EXACT).astype(bool)
-    lap = cv2.Laplacian(grey.astype(np.float32), cv2.CV_32F)
-    return float(lap[tissue].var()) if tissue.sum() > 100 else float("nan")
+    return laplacian_variance(grey, tissue, float32=True) if tissue.sum() > 100 else float("nan")
 
 
 def fold_fraction(od_sum: np.ndarray, tissue: np.ndarray, mpp: float) -> float:

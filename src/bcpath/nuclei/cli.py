@@ -43,7 +43,7 @@ import tifffile
 from numpy.typing import NDArray
 
 from bcpath.errors import BcpathError
-from bcpath.images import MPP_RANGE, image_mpp, read_array, read_uint8_image
+from bcpath.images import LABEL_IMAGE_SUFFIXES, MPP_RANGE, image_mpp, read_array, read_uint8_image
 
 __all__ = [
     "EVALUATE_COLUMNS",
@@ -58,7 +58,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 EVALUATE_COLUMNS: tuple[str, ...] = (
     "aji",
     "map",
@@ -167,7 +166,7 @@ def _label_files(folder: Path, role: str) -> dict[str, Path]:
         raise BcpathError(f"--{role} {folder}: not a folder; give the folder of label images")
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+        if path.suffix.lower() not in LABEL_IMAGE_SUFFIXES or not path.is_file():
             continue
         if path.stem in files:
             raise BcpathError(

@@ -66,9 +66,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from bcpath.engine import choose_device, fit, seed_everything
 from bcpath.errors import BcpathError
+from bcpath.images import IMAGE_SUFFIXES
 from bcpath.io import json_ready, write_json
 from bcpath.models.registry import load_checked_state_dict, save_weights
-from bcpath.nuclei.datasets import CPM_IMAGE_SUFFIXES, NucleiSample, list_cpm15, list_monuseg
+from bcpath.nuclei.datasets import NucleiSample, list_cpm15, list_monuseg
 from bcpath.stain.normalise import StainNormaliser
 
 __all__ = [
@@ -164,7 +165,7 @@ def list_nuclei_folder(folder: str | Path) -> list[NucleiSample]:
     try:
         if (folder / "annotations").is_dir() and any(images.glob("*.tif")):
             return list_monuseg(folder)
-        if (folder / "inst_masks").is_dir() and any(p.suffix.lower() in CPM_IMAGE_SUFFIXES for p in images.glob("*")):
+        if (folder / "inst_masks").is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in images.glob("*")):
             return list_cpm15(folder)
     except FileNotFoundError as exc:
         raise BcpathError(
