@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 
 def open_ihc_slide(input: Any, params: Any) -> Any:
-    """The rule's slide: an :class:`ImageSlide` for a single-core image, else the WSI."""
+    """The rule's slide: an :class:`bcpath.ihc.cores.ImageSlide` for a single-core image, else the WSI."""
     from bcpath.ihc.cores import ImageSlide
 
     if getattr(params, "core_image", False):
@@ -91,8 +91,8 @@ def aggregate_hscore_step(input: Any, output: Any, **_: Any) -> None:
 def train_ramcnn_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
     """Rule train_ramcnn: leave-k-out CV, then a model on all cores.
 
-    input.cores: cores table (see :func:`load_training_cores`). params.ramcnn: config section
-    ``ihc.ramcnn`` (:class:`RamcnnSettings`; dla_sigma in H-Score points). Outputs: output.model (directory: ramcnn.pt, ramcnn.json), output.cv (CSV:
+    input.cores: cores table (see :func:`bcpath.ihc.ramcnn.load_training_cores`). params.ramcnn: config section
+    ``ihc.ramcnn`` (:class:`bcpath.ihc.ramcnn.RamcnnSettings`; dla_sigma in H-Score points). Outputs: output.model (directory: ramcnn.pt, ramcnn.json), output.cv (CSV:
     slide_id, core_id, fold, reference, predicted), output.metrics (JSON: MAE, SD, r, ...).
     """
     from bcpath.engine import choose_device, torch_threads

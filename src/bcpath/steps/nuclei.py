@@ -27,7 +27,7 @@ def segment_nuclei_step(input: Any, output: Any, params: Any, threads: int = 1, 
 
     input: slide, info (info.json), mask (tissue/mask.png), qc (tissue/qc.json), optional
     region (a whole-slide PNG mask intersected with the tissue). params: nuclei (config
-    section ``nuclei``: :class:`SegmentationSettings`), failure_record. output: labels
+    section ``nuclei``: :class:`bcpath.nuclei.slide.SegmentationSettings`), failure_record. output: labels
     (labels.zarr), geojson (nuclei.geojson), features (features.parquet).
     """
     from bcpath.nuclei.slide import MAX_UPSAMPLING, SegmentationSettings, segment_slide
