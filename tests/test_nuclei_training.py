@@ -17,20 +17,22 @@ from skimage.segmentation import find_boundaries
 
 from bcpath.errors import BcpathError
 from bcpath.nuclei.datasets import NucleiSample
+from bcpath.nuclei.predict import (
+    decode_at_size,
+    load_nuclei_model,
+    predict_instances,
+    resample_rgb,
+    tile_grid,
+    tile_starts,
+)
 from bcpath.nuclei.training import (
     NucleiTileDataset,
     PreparedImage,
     augment_tile,
-    decode_at_size,
     list_nuclei_folder,
-    load_nuclei_model,
-    predict_instances,
     resample_labels,
-    resample_rgb,
     sample_organ,
     split_by_organ,
-    tile_grid,
-    tile_starts,
     train_nuclei_model,
 )
 from bcpath.stain.normalise import StainNormaliser
@@ -330,7 +332,7 @@ def test_test_time_augmentation_is_rotation_invariant(tmp_path: Path) -> None:
     float error); without it a trained-for-one-epoch U-Net is not equivariant."""
     from dataclasses import replace
 
-    from bcpath.nuclei.training import NucleiModel, build_model, predict_probabilities
+    from bcpath.nuclei.predict import NucleiModel, build_model, predict_probabilities
 
     torch.manual_seed(0)
     model = build_model({"encoder": "plain", "depth": 2, "base": 4, "dropout": 0.0}).eval()

@@ -375,7 +375,7 @@ def detect_cells(
             (255 = the paper's I0) or a (3,) per-channel white.
         concentrations: precomputed (H, W, 3) [H, DAB, residual] from :func:`separate_stains`.
         nuclei: (H, W) int nucleus labels from elsewhere (e.g. a nuclei U-Net,
-            :func:`bcpath.nuclei.training.predict_instances`); None = the threshold detector.
+            :func:`bcpath.nuclei.predict.predict_instances`); None = the threshold detector.
             Either way the nuclei are expanded into cells and measured the same way.
 
     Returns:

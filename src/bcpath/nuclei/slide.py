@@ -178,7 +178,7 @@ def get_segmenter(name_or_callable: str | Segmenter, tta: bool = False) -> Segme
         return target
     if os.path.exists(name):
         # A trained U-Net: a `bcpath nuclei train` folder (best.pt, train.json, stain.json) or its best.pt.
-        from bcpath.nuclei.training import load_nuclei_model, predict_instances
+        from bcpath.nuclei.predict import load_nuclei_model, predict_instances
 
         segmenter = functools.partial(predict_instances, load_nuclei_model(name, tta=tta))
         segmenter.__name__ = f"unet:{name}"  # type: ignore[attr-defined]

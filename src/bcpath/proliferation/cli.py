@@ -95,7 +95,7 @@ def resolve_model(model: str, registry: str | Path | None = None, device: str | 
 def detect_file(path: Path, spec: ModelSpec, model: torch.nn.Module, mpp: float | None, threshold: float) -> pd.DataFrame:
     """Detections of one image file, x/y in the file's pixels (:data:`OUTPUT_COLUMNS`)."""
     from bcpath.images import MPP_RANGE, image_mpp, read_uint8_image
-    from bcpath.nuclei.training import resample_rgb
+    from bcpath.nuclei.predict import resample_rgb
     from bcpath.proliferation.mitosis import DetectionParams, detect_in_image
 
     image = read_uint8_image(path)
