@@ -6,7 +6,7 @@
 
 wildcard_constraints:
     model="[A-Za-z0-9][A-Za-z0-9._-]*",
-    biomarker="ER|PR|HER2",
+    biomarker="|".join(BIOMARKERS),
 
 
 rule train_patch_classifier:
