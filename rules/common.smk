@@ -7,7 +7,7 @@ from snakemake.exceptions import WorkflowError
 
 from bcpath.cohort import load_cohort, optional_value
 from bcpath.errors import BcpathError
-from bcpath.ihc.cores import CORE_IMAGE_SUFFIXES
+from bcpath.wsi import IMAGE_FILE_SUFFIXES
 from bcpath.workflow import (
     FinishedJob,
     clear_finished_jobs,
@@ -71,10 +71,11 @@ else:
 
 SLIDES = list(SAMPLES.index)
 # H&E slides go to ER/PR/HER2 (and nuclei); IHC slides to TMA dearraying and H-Scores.
-# IHC rows whose file is a PNG/JPEG are single-core images: no slide foundation (OpenSlide) for them.
+# IHC rows whose file is a PNG/JPEG are single-core images: no slide foundation (info.json) for
+# them; the IHC steps open them with bcpath.wsi.open_slide's plain-image backend.
 CORE_IMAGES = [
     s for s in SLIDES
-    if SAMPLES.at[s, "stain"] == "IHC" and str(SAMPLES.at[s, "path"]).lower().endswith(CORE_IMAGE_SUFFIXES)
+    if SAMPLES.at[s, "stain"] == "IHC" and str(SAMPLES.at[s, "path"]).lower().endswith(IMAGE_FILE_SUFFIXES)
 ]
 WSI_SLIDES = [s for s in SLIDES if s not in CORE_IMAGES]
 HE_SLIDES = [s for s in SLIDES if (SAMPLES.at[s, "stain"] or "HE") == "HE"]

@@ -13,6 +13,7 @@ from bcpath.demo.tma import CLASS_DAB, TMA_MISSING, class_proportions, core_id, 
 from bcpath.errors import BcpathError
 from bcpath.ihc import cores as ihc_cores
 from bcpath.ihc.score import INTENSITY_THRESHOLDS
+from bcpath.wsi import open_slide
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +172,7 @@ def test_a_core_that_fails_is_flagged_and_the_others_are_scored(tmp_path, monkey
     from skimage import data
 
     Image.fromarray(data.immunohistochemistry()).save(tmp_path / "core.png")
-    slide = ihc_cores.ImageSlide(tmp_path / "core.png", "img", 0.5)
+    slide = open_slide(tmp_path / "core.png", "img", 0.5)
     cores = pd.concat([ihc_cores.core_image_table(slide), ihc_cores.core_image_table(slide).assign(core_id="bad")], ignore_index=True)
     real = ihc_cores.score_tma_core
 
@@ -187,4 +188,4 @@ def test_a_core_that_fails_is_flagged_and_the_others_are_scored(tmp_path, monkey
     assert table.set_index("core_id").at["core", "n_cells"] > 100
     assert sorted(p.name for p in (tmp_path / "cores").iterdir()) == ["core"]
     with pytest.raises(BcpathError, match="no µm/px"):
-        ihc_cores.ImageSlide(tmp_path / "core.png", "img", None)
+        open_slide(tmp_path / "core.png", "img", None)

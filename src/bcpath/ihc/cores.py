@@ -29,9 +29,9 @@ import pandas as pd
 
 from bcpath.errors import BcpathError
 from bcpath.geojson import classification_name, feature, polygon_rings, read_geojson
-from bcpath.images import IMAGE_SUFFIXES, laplacian_variance
+from bcpath.images import laplacian_variance
 from bcpath.io import atomic_dir, atomic_path
-from bcpath.wsi import SLIDE_EXTENSIONS
+from bcpath.wsi import Slide
 
 logger = logging.getLogger(__name__)
 
@@ -60,50 +60,9 @@ CLASS_COLORS = ([112, 112, 225], [255, 215, 0], [255, 140, 0], [200, 0, 0])
 
 # --------------------------------------------------------------------------- core images
 
-#: Sheet rows with stain IHC whose file has one of these suffixes are single-core images: the
-#: image suffixes that are not slide extensions (.png, .jpg, .jpeg).
-CORE_IMAGE_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s not in SLIDE_EXTENSIONS)
-
-
-class ImageSlide:
-    """A single-core image (PNG/JPEG/TIFF) read like a slide: level 0 = the image's pixels.
-
-    Args:
-        path: image file; slide_id: name for messages; mpp: µm/px (the sheet's, else the TIFF
-            resolution tags).
-
-    Raises:
-        BcpathError: unreadable or grayscale image, no µm/px.
-    """
-
-    def __init__(self, path: str | Path, slide_id: str, mpp: float | None) -> None:
-        from bcpath.images import MPP_RANGE, image_mpp, read_uint8_image
-
-        self.slide_id = slide_id
-        self.path = Path(path)
-        image = read_uint8_image(self.path)
-        if image.ndim != 3:
-            raise BcpathError(f"slide {slide_id}: {path} is a grayscale image; IHC scoring needs the RGB scan of the core")
-        self.image = np.ascontiguousarray(image[..., :3])
-        found = mpp if mpp is not None else image_mpp(self.path)
-        if found is None:
-            raise BcpathError(
-                f"slide {slide_id}: image {path} has no µm/px (no TIFF resolution tags in {MPP_RANGE[0]}-{MPP_RANGE[1]}); "
-                "add an mpp column to the sample sheet, e.g. 0.5 for 20x"
-            )
-        self.mpp = float(found)
-        self.dimensions = (self.image.shape[1], self.image.shape[0])
-
-    def read_region(self, x0: float, y0: float, width: int, height: int, mpp: float) -> np.ndarray:
-        """(height, width, 3) uint8 at ``mpp`` from level-0 (x0, y0); outside the image is white."""
-        scale = self.mpp / mpp  # output px per image px
-        matrix = np.array([[scale, 0.0, -x0 * scale], [0.0, scale, -y0 * scale]], np.float32)
-        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        return cv2.warpAffine(self.image, matrix, (int(width), int(height)), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=(255, 255, 255))
-
-
-def core_image_table(slide: ImageSlide) -> pd.DataFrame:
-    """The one "core" of a single-core image: the whole image (``shape`` = "image")."""
+def core_image_table(slide: Slide) -> pd.DataFrame:
+    """The one "core" of a single-core image (a PNG/JPEG opened by :func:`bcpath.wsi.open_slide`
+    with its plain-image backend): the whole image (``shape`` = "image")."""
     width, height = slide.dimensions
     return pd.DataFrame(
         [{"slide_id": slide.slide_id, "core_id": "core", "row": pd.NA, "col": pd.NA, "x": width / 2, "y": height / 2,

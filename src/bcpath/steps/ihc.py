@@ -15,11 +15,12 @@ logger = logging.getLogger(__name__)
 
 
 def open_ihc_slide(input: Any, params: Any) -> Any:
-    """The rule's slide: an :class:`bcpath.ihc.cores.ImageSlide` for a single-core image, else the WSI."""
-    from bcpath.ihc.cores import ImageSlide
-
+    """The rule's slide: a single-core image (PNG/JPEG, no info.json) opened by
+    :func:`bcpath.wsi.open_slide` with the sheet's µm/px, else the WSI reopened from its info.json."""
     if getattr(params, "core_image", False):
-        return ImageSlide(input.slide, params.slide_id, params.mpp)
+        from bcpath.wsi import open_slide
+
+        return open_slide(input.slide, params.slide_id, params.mpp)
     from bcpath.pipeline import open_from_info
 
     return open_from_info(input.info, input.slide)
@@ -27,11 +28,11 @@ def open_ihc_slide(input: Any, params: Any) -> Any:
 
 def dearray_step(input: Any, output: Any, params: Any, **_: Any) -> None:
     """Rule dearray_tma (a single-core image gives its one-row table)."""
-    from bcpath.ihc.cores import ImageSlide, core_image_table, core_mask, dearray_slide
+    from bcpath.ihc.cores import core_image_table, core_mask, dearray_slide
     from bcpath.io import atomic_path
 
     slide = open_ihc_slide(input, params)
-    if isinstance(slide, ImageSlide):
+    if slide.reader == "image":
         cores = core_image_table(slide)
     else:
         mask_mpp = max(float(params.mask_mpp), slide.mpp)
