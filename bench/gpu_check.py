@@ -233,7 +233,7 @@ def section_nuclei(folder: Path, dry_run: bool) -> dict[str, Any]:
     import cv2
     import torch
 
-    from bcpath.nuclei.training import load_nuclei_model, predict_instances
+    from bcpath.nuclei.predict import load_nuclei_model, predict_instances
 
     size = sizes(dry_run)
     device = _device(dry_run)

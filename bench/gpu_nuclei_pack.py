@@ -7,7 +7,7 @@ What the pack holds, per set (``monuseg`` = MoNuSeg non-breast, ``cpm15``, ``con
 train), per image:
 
 - the RGB resampled to the model's 0.5 µm/px (area interpolation, as
-  :func:`bcpath.nuclei.training.resample_rgb`), JPEG quality 95 (``raw``);
+  :func:`bcpath.nuclei.predict.resample_rgb`), JPEG quality 95 (``raw``);
 - the same, Vahadane-normalised with the shipped model's ``models/nuclei_unet/stain.json``
   (reference CPM-15 image01; staintools is not needed where the pack is read), JPEG 95 (``vah``);
 - instance labels at 0.5 µm/px (centre-aligned nearest neighbour, as
@@ -52,8 +52,9 @@ def _encode(rgb: np.ndarray) -> bytes:
 def _one(args: tuple[object, str]) -> dict[str, object]:
     sample, stain = args
     from bcpath.nuclei.datasets import source_image
-    from bcpath.nuclei.normalise import StainNormaliser
-    from bcpath.nuclei.training import resample_labels, resample_rgb
+    from bcpath.nuclei.predict import resample_rgb
+    from bcpath.nuclei.training import resample_labels
+    from bcpath.stain.normalise import StainNormaliser
 
     rgb, labels = sample.load()  # type: ignore[attr-defined]
     if labels.max() > np.iinfo(np.uint16).max:

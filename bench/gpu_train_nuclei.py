@@ -14,7 +14,7 @@ Per variant (``--variants``), per fold (train on two sets, score the third):
   source image uniform, tile uniform, position uniform), augmented on the device: any rotation,
   flip, scale 0.85-1.15, shear, smooth elastic displacement (``grid_sample``; targets by nearest
   neighbour, the U-Net weight map and the distance map bilinearly); for ``stainaug`` variants
-  the stain/intensity augmentation of :class:`bcpath.nuclei.stain_aug.StainAugment` on the raw
+  the stain/intensity augmentation of :class:`bcpath.stain.augment.StainAugment` on the raw
   image (or, with probability 0.3, on a JPEG-recompressed copy), for ``vahadane`` variants the
   Vahadane-normalised image as it is (the shipped model's input);
 - AdamW, one-cycle-like schedule (linear warm-up, cosine decay) over as many steps as the
@@ -29,7 +29,7 @@ The threshold of a variant is the one with the best mean over the three held-out
 per-set mean AJI (one threshold for all folds: never chosen on one image or one set); the
 variant with the best such mean is then trained on all three sets for the rest of the budget
 and written as a model folder (``best.pt``, ``train.json``, ``stain.json`` for Vahadane input)
-loadable by :func:`bcpath.nuclei.training.load_nuclei_model`.
+loadable by :func:`bcpath.nuclei.predict.load_nuclei_model`.
 
 Outputs in ``--out`` (at most 6 files, each under 16 MB, written as they come, so a timeout
 still leaves them): ``lodo.json`` (every fold's summary and per-image scores at every threshold,
@@ -309,7 +309,7 @@ def train_run(
     images: dict[str, list[Img]], sets: list[str], variant: dict[str, Any], seconds: float, args: argparse.Namespace,
     device: torch.device, log: Any, tensors: dict[str, list[torch.Tensor]], max_steps: int | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    from bcpath.nuclei.stain_aug import StainAugment
+    from bcpath.stain.augment import StainAugment
 
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_model(out: Path, model: torch.nn.Module, name: str, variant: dict[str, Any], chosen: dict[str, Any],
                 info: dict[str, Any], result: dict[str, Any], args: argparse.Namespace) -> None:
-    """The model folder of bcpath.nuclei.training.load_nuclei_model, as final_model.tar."""
+    """The model folder of bcpath.nuclei.predict.load_nuclei_model, as final_model.tar."""
     # float16 for the transfer (≤ 16 MB per returned file): a ResNet-34 U-Net is ~48 MB so
     # (split in parts), a base-16 plain U-Net 4 MB; load_state_dict casts back to float32.
     state = {k: v.detach().half().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone() for k, v in model.state_dict().items()}

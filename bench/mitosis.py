@@ -88,7 +88,7 @@ def main() -> int:
         tmp_dir = Path(tmp)
         if args.image is not None:
             from bcpath.images import image_mpp, read_uint8_image
-            from bcpath.nuclei.training import resample_rgb
+            from bcpath.nuclei.predict import resample_rgb
 
             image_um = args.mpp or image_mpp(args.image)
             if image_um is None:

@@ -59,7 +59,7 @@ def _segmenter(name: str, device: str | None) -> Any:
         return get_segmenter(name)
     import functools
 
-    from bcpath.nuclei.training import load_nuclei_model, predict_instances
+    from bcpath.nuclei.predict import load_nuclei_model, predict_instances
 
     return functools.partial(predict_instances, load_nuclei_model(name, device=device))
 

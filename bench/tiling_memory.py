@@ -3,7 +3,7 @@
 What it measures: for each slide size (default 20000² and 100000² px at 0.25 µm/px, i.e.
 5 mm and 25 mm square at 40×), a synthetic pyramidal JPEG TIFF is written, then the
 workflow's per-slide steps run on it, each in a fresh Python process, exactly as the
-Snakemake rules call them (``bcpath.pipeline``):
+Snakemake rules call them (``bcpath.steps.slides``):
 
     baseline   import bcpath.pipeline and open the slide (interpreter, numpy, OpenSlide):
                what every step pays before doing any work
@@ -216,7 +216,7 @@ def child(step: str, slide: Path, work: Path, threads: int) -> None:
         record = inspect_slide(slide, slide.stem, info)
         result["mpp"] = record["mpp"]
     elif step == "tissue":
-        from bcpath.pipeline import detect_tissue_step
+        from bcpath.steps.slides import detect_tissue_step
         from bcpath.tissue import QcThresholds, TissueParams
 
         tissue_dir.mkdir(parents=True, exist_ok=True)
@@ -233,7 +233,7 @@ def child(step: str, slide: Path, work: Path, threads: int) -> None:
         result["tissue_area_mm2"] = qc["tissue_area_mm2"]
         result["flags"] = qc["flags"]
     elif step == "tile":
-        from bcpath.pipeline import tile_slide_step
+        from bcpath.steps.slides import tile_slide_step
         from bcpath.tiling import TilingParams
 
         tile_slide_step(

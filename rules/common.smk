@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 
 from bcpath.cohort import load_cohort, optional_value
 from bcpath.errors import BcpathError
+from bcpath.wsi import IMAGE_FILE_SUFFIXES
 from bcpath.workflow import (
     FinishedJob,
     clear_finished_jobs,
@@ -70,10 +71,11 @@ else:
 
 SLIDES = list(SAMPLES.index)
 # H&E slides go to ER/PR/HER2 (and nuclei); IHC slides to TMA dearraying and H-Scores.
-# IHC rows whose file is a PNG/JPEG are single-core images: no slide foundation (OpenSlide) for them.
+# IHC rows whose file is a PNG/JPEG are single-core images: no slide foundation (info.json) for
+# them; the IHC steps open them with bcpath.wsi.open_slide's plain-image backend.
 CORE_IMAGES = [
     s for s in SLIDES
-    if SAMPLES.at[s, "stain"] == "IHC" and str(SAMPLES.at[s, "path"]).lower().endswith((".png", ".jpg", ".jpeg"))
+    if SAMPLES.at[s, "stain"] == "IHC" and str(SAMPLES.at[s, "path"]).lower().endswith(IMAGE_FILE_SUFFIXES)
 ]
 WSI_SLIDES = [s for s in SLIDES if s not in CORE_IMAGES]
 HE_SLIDES = [s for s in SLIDES if (SAMPLES.at[s, "stain"] or "HE") == "HE"]
@@ -184,7 +186,7 @@ def _write_partial_cohort_tables(rows):
         write_partial_table(table, "results/cohort/qc.csv", inputs)
         logger.warning(f"bcpath: results/cohort/qc.csv lists {int((table.status == 'ok').sum())} of {len(table)} slide(s); the others failed or did not run")
     if IHC_SLIDES and any(not os.path.exists(IHC_SCORES.format(slide=s)) for s in IHC_SLIDES):
-        from bcpath.ihc.steps import partial_hscore_table
+        from bcpath.ihc.cores import partial_hscore_table
 
         sheets = {s: optional_value(SAMPLES, s, "core_scores") for s in IHC_SLIDES}
         table = partial_hscore_table(IHC_SLIDES, IHC_SCORES, sheets, failed)

@@ -1,4 +1,5 @@
 # The embedded synthetic demo cohort (used when neither `cohort` nor `samples` is set).
+# Step: bcpath.steps.demo.
 
 DEMO_IDS = HE_SLIDES if IS_DEMO else []
 DEMO_TMA = [DEMO_TMA_ID] if IS_DEMO and config["demo"]["tma"] else []

@@ -1,11 +1,12 @@
 # ER/PR/HER2 from H&E (Gamble et al. 2021): stage-1 patch models → predictions → heatmaps →
-# stage-2 logistic regression per biomarker → evaluation. Logic: bcpath.erpr.steps.
+# stage-2 logistic regression per biomarker → evaluation. Steps: bcpath.steps.erpr
+# (the work: bcpath.erpr).
 # Set-up and input functions: rules/erpr_common.smk.
 
 
 wildcard_constraints:
     model="[A-Za-z0-9][A-Za-z0-9._-]*",
-    biomarker="ER|PR|HER2",
+    biomarker="|".join(BIOMARKERS),
 
 
 rule train_patch_classifier:

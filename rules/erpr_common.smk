@@ -2,7 +2,7 @@
 # input functions. Parse-time checks stop the run with one message before anything starts.
 from pathlib import Path
 
-from bcpath.erpr.stage2 import BIOMARKERS
+from bcpath.labels import BIOMARKERS
 from bcpath.models.registry import load_registry
 
 ERPR = config["erpr"]

@@ -1,6 +1,7 @@
 # IHC H-Score on tissue microarrays (Liu et al. 2019): slides with stain IHC in the sample sheet.
 # dearray_tma → score_tma (cell scoring, NAP, QC flags, SINI/SITI) → collect_ihc_cores →
-# [train_ramcnn] → aggregate_hscore (results/cohort/hscore.csv). Logic: bcpath.ihc.steps;
+# [train_ramcnn] → aggregate_hscore (results/cohort/hscore.csv). Steps: bcpath.steps.ihc (the
+# work: bcpath.ihc);
 # set-up and input functions: rules/ihc_common.smk.
 
 

@@ -1,6 +1,7 @@
 # Nuclei segmentation on H&E slides (Lagree et al. 2021): tiled, stitched, streaming.
 # [nuclei_tumor_region] → segment_nuclei → nuclei/labels.zarr, nuclei.geojson, features.parquet;
-# train_nuclei_model on dataset folders. Logic: bcpath.nuclei.slide and bcpath.nuclei.training;
+# train_nuclei_model on dataset folders. Steps: bcpath.steps.nuclei (the
+# work: bcpath.nuclei.slide, bcpath.nuclei.predict and bcpath.nuclei.training);
 # set-up and input functions: rules/nuclei_common.smk.
 
 

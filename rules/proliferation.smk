@@ -1,6 +1,6 @@
 # Tumour proliferation on H&E (Shah et al. / TUPAC16): tumour map → mitoses in the tumour →
 # hotspot + slide features → grade and proliferation-score models → proliferation.csv.
-# Logic: bcpath.proliferation.steps. Set-up and input functions: rules/proliferation_common.smk.
+# Steps: bcpath.steps.proliferation (the work: bcpath.proliferation). Set-up and input functions: rules/proliferation_common.smk.
 
 
 rule train_tumor_locnet:

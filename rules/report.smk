@@ -2,7 +2,7 @@
 # Proliferation, IHC H-Score). The other rule files mark their own figures with report(); the
 # rules here draw the figures that no analysis rule writes. They only read finished outputs and
 # are cheap, so they run where Snakemake runs (localrule: no cluster job per figure).
-# Logic: bcpath.report (steps) and bcpath.overlays (drawing). Captions: report/*.rst. Targets and
+# Steps: bcpath.steps.report; figures: bcpath.report and bcpath.overlays (drawing). Captions: report/*.rst. Targets and
 # input functions: rules/report_common.smk.
 
 

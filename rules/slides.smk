@@ -1,4 +1,5 @@
 # Per-slide foundation: inspect → tissue mask + QC → tiles.zarr / grid.parquet / patches.h5.
+# Steps: bcpath.steps.slides.
 
 
 rule inspect_slide:

@@ -41,7 +41,7 @@ def test_every_scripted_rule_has_its_code_version() -> None:
 
 def test_stable_across_parses() -> None:
     script = SCRIPTS / "segment_nuclei.py"
-    assert step_target(script) == "bcpath.nuclei.slide:segment_nuclei_step"
+    assert step_target(script) == "bcpath.steps.nuclei:segment_nuclei_step"
     first = step_code_version(script)
     assert re.fullmatch(r"[0-9a-f]{16}", first) and step_code_version(script) == first
     code = f"from bcpath.workflow import step_code_version; print(step_code_version({str(script)!r}))"
@@ -51,7 +51,7 @@ def test_stable_across_parses() -> None:
 
 def test_changes_with_the_code_it_reaches(tmp_path: Path) -> None:
     root = _package_copy(tmp_path)
-    script = SCRIPTS / "train_ramcnn.py"  # bcpath.ihc.ramcnn:train_ramcnn_step
+    script = SCRIPTS / "train_ramcnn.py"  # bcpath.steps.ihc:train_ramcnn_step
     before = step_code_version(script, root)
     assert before == step_code_version(SCRIPTS / "train_ramcnn.py", REPO / "src" / "bcpath")
 
@@ -70,13 +70,22 @@ def test_changes_with_the_code_it_reaches(tmp_path: Path) -> None:
     engine.write_text(engine_text)
     assert step_code_version(script, root) == before
 
-    # the step module itself changes
+    # the system module the step calls changes
     ramcnn.write_text(text.replace("H_SCORE_MAX = 300.0", "H_SCORE_MAX = 300.0 + 0"))
     assert step_code_version(script, root) != before
     ramcnn.write_text(text)
 
-    # a module it does not reach (another system's steps) leaves it alone
-    (root / "erpr" / "steps.py").write_text((root / "erpr" / "steps.py").read_text() + "\nEXTRA = 1\n")
+    # the steps module itself changes
+    steps = root / "steps" / "ihc.py"
+    steps_text = steps.read_text()
+    steps.write_text(steps_text + "\nEXTRA = 1\n")
+    assert step_code_version(script, root) != before
+    steps.write_text(steps_text)
+    assert step_code_version(script, root) == before
+
+    # a module it does not reach (another rule file's steps, another system) leaves it alone
+    for other in (root / "steps" / "erpr.py", root / "erpr" / "cohort.py"):
+        other.write_text(other.read_text() + "\nEXTRA = 1\n")
     assert step_code_version(script, root) == before
 
 

@@ -10,17 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bcpath.demo import (
-    BIOMARKERS,
-    DEMO_MPP,
-    demo_slide_ids,
-    make_demo_cohort,
-    plan_slide,
-    region_label,
-    tumor_class,
-)
+from bcpath.demo import DEMO_MPP, demo_slide_ids, make_demo_cohort, plan_slide
 from bcpath.demo.cohort import SAMPLE_COLUMNS, make_demo_slide
 from bcpath.geojson import classification_name, read_geojson
+from bcpath.labels import BIOMARKERS, region_label, tumor_class
 
 # Small slides keep the suite fast; the real default (8000-10000 × 6000-8000) is covered once.
 SMALL = (2400, 1800)

@@ -11,9 +11,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from bcpath import geojson
+from bcpath.erpr.cohort import evaluate_stage2, train_stage2
 from bcpath.erpr.evaluation import UNLABELLED, auc, auc_with_ci, label_patches, roc_png
 from bcpath.erpr.inference import write_predictions
-from bcpath.erpr.steps import evaluate_stage2, train_stage2
 from bcpath.errors import BcpathError
 
 

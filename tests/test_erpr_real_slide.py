@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
+from bcpath.erpr.cohort import render_heatmaps
 from bcpath.erpr.heatmaps import read_heatmap_zarr
 from bcpath.erpr.inference import predict_slide, read_predictions, write_predictions
-from bcpath.erpr.steps import render_heatmaps
 from bcpath.geojson import read_geojson
 from bcpath.models.registry import build_model
 from tests.model_specs import test_spec

@@ -50,7 +50,7 @@ def test_pack_and_dry_run(tmp_path: Path) -> None:
         tar.extractall(tmp_path, filter="data")
     meta = json.loads((tmp_path / "final_model" / "train.json").read_text())
     assert meta["decoding"] in ("interior_boundary", "distance")
-    from bcpath.nuclei.training import load_nuclei_model, predict_instances
+    from bcpath.nuclei.predict import load_nuclei_model, predict_instances
 
     bundle = load_nuclei_model(tmp_path / "final_model", device="cpu")
     rgb = np.full((64, 80, 3), 200, np.uint8)

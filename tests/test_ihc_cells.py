@@ -19,7 +19,6 @@ from bcpath.ihc.cells import (
     intensity_classes,
     percent_positive,
 )
-from bcpath.ihc.deconvolution import od_to_rgb, paper_stain_vectors
 from bcpath.ihc.evaluate import (
     DEEPLIIF_MPP,
     MATCH_RADIUS_PX,
@@ -29,6 +28,7 @@ from bcpath.ihc.evaluate import (
     load_deepliif,
     pool_metrics,
 )
+from bcpath.stain.deconvolution import od_to_rgb, paper_stain_vectors
 
 # (hematoxylin OD, DAB OD, expected class) of the synthetic nuclei.
 LEVELS = [(0.5, 0.0, 0), (0.25, 0.3, 1), (0.2, 0.5, 2), (0.15, 0.9, 3)]

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from bcpath.errors import BcpathError
-from bcpath.ihc.deconvolution import combine_stains
 from bcpath.ihc.detector_eval import fade_hematoxylin, summarise, tile_metrics
 from bcpath.ihc.odsum import OdSumParams, segment_od_sum
+from bcpath.stain.deconvolution import combine_stains
 
 REPO = Path(__file__).resolve().parents[1]
 DEEPLIIF = REPO.parent / "shared" / "data" / "ihc" / "deepliif_ki67"

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from bcpath.errors import BcpathError
-from bcpath.ihc.deconvolution import combine_stains, paper_stain_vectors, stain_intensity_image
 from bcpath.ihc.ramcnn import (
     H_SCORE_MAX,
     RamCnn,
@@ -29,8 +28,9 @@ from bcpath.ihc.ramcnn import (
     save_ramcnn,
     sini_siti,
     train_ramcnn,
-    train_ramcnn_step,
 )
+from bcpath.stain.deconvolution import combine_stains, paper_stain_vectors, stain_intensity_image
+from bcpath.steps.ihc import train_ramcnn_step
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -1,7 +1,7 @@
 """IHC core scoring (bcpath.ihc.score) and ``bcpath ihc score``.
 
 Planted truth: synthetic round nuclei painted with known hematoxylin / DAB amounts
-(:func:`bcpath.ihc.deconvolution.combine_stains`) in known class proportions. Real images:
+(:func:`bcpath.stain.deconvolution.combine_stains`) in known class proportions. Real images:
 ``skimage.data.immunohistochemistry()`` (DAB + hematoxylin) and an H&E tile of
 ../shared/data/wsi/CMU-1-Small-Region.svs, which must be flagged ``no_dab_signal``.
 """
@@ -19,7 +19,6 @@ from skimage import data
 
 from bcpath.cli import main
 from bcpath.errors import BcpathError
-from bcpath.ihc.deconvolution import combine_stains
 from bcpath.ihc.score import (
     CLASS_NAMES,
     allred_intensity_score,
@@ -28,6 +27,7 @@ from bcpath.ihc.score import (
     nap_h_score,
     score_core,
 )
+from bcpath.stain.deconvolution import combine_stains
 
 # Planted classes: (hematoxylin OD, DAB OD, class, number of nuclei); DAB mid-class.
 PLANTED = [(0.5, 0.08, 0, 40), (0.35, 0.3, 1, 30), (0.25, 0.5, 2, 20), (0.15, 0.85, 3, 10)]

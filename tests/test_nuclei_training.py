@@ -17,23 +17,25 @@ from skimage.segmentation import find_boundaries
 
 from bcpath.errors import BcpathError
 from bcpath.nuclei.datasets import NucleiSample
-from bcpath.nuclei.normalise import StainNormaliser
+from bcpath.nuclei.predict import (
+    decode_at_size,
+    load_nuclei_model,
+    predict_instances,
+    resample_rgb,
+    tile_grid,
+    tile_starts,
+)
 from bcpath.nuclei.training import (
     NucleiTileDataset,
     PreparedImage,
     augment_tile,
-    decode_at_size,
     list_nuclei_folder,
-    load_nuclei_model,
-    predict_instances,
     resample_labels,
-    resample_rgb,
     sample_organ,
     split_by_organ,
-    tile_grid,
-    tile_starts,
     train_nuclei_model,
 )
+from bcpath.stain.normalise import StainNormaliser
 
 BACKGROUND_RGB = (235, 180, 210)  # eosin-pink
 NUCLEUS_RGB = (110, 60, 150)  # hematoxylin-purple
@@ -280,8 +282,8 @@ def test_real_monuseg_image_normalise_and_tiles(require_shared) -> None:
 
 
 def test_render_ihc_keeps_nuclei_and_plants_dab() -> None:
-    from bcpath.ihc.deconvolution import estimate_white, qupath_stain_vectors, separate_stains
-    from bcpath.nuclei.ihc_render import render_ihc
+    from bcpath.stain.deconvolution import estimate_white, qupath_stain_vectors, separate_stains
+    from bcpath.stain.ihc_render import render_ihc
 
     rgb, labels = _synthetic((128, 128), 14, seed=5)
     ids = np.unique(labels[labels > 0])
@@ -330,7 +332,7 @@ def test_test_time_augmentation_is_rotation_invariant(tmp_path: Path) -> None:
     float error); without it a trained-for-one-epoch U-Net is not equivariant."""
     from dataclasses import replace
 
-    from bcpath.nuclei.training import NucleiModel, build_model, predict_probabilities
+    from bcpath.nuclei.predict import NucleiModel, build_model, predict_probabilities
 
     torch.manual_seed(0)
     model = build_model({"encoder": "plain", "depth": 2, "base": 4, "dropout": 0.0}).eval()

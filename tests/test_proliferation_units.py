@@ -173,8 +173,8 @@ def test_grade_model_without_enough_slides_per_grade_says_so():
 
 
 def test_detection_threshold_is_chosen_by_f1_on_tune_candidates(tmp_path):
+    from bcpath.proliferation.cohort import detection_threshold
     from bcpath.proliferation.mitosis import choose_threshold
-    from bcpath.proliferation.steps import detection_threshold
 
     p_mitoses = np.array([0.99, 0.97, 0.96, 0.92, 0.6])
     p_others = np.concatenate([np.full(500, 0.1), [0.9, 0.85, 0.8, 0.75, 0.7, 0.65]])

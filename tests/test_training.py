@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from bcpath.cohort import read_sample_sheet
-from bcpath.demo import region_label
 from bcpath.demo.cohort import make_demo_slide, write_samples_tsv
 from bcpath.erpr.sampling import (
     LABEL_ORDER,
@@ -31,6 +30,7 @@ from bcpath.erpr.training import (
 )
 from bcpath.errors import BcpathError
 from bcpath.geojson import read_geojson, write_geojson
+from bcpath.labels import region_label
 from bcpath.models.registry import build_model, load_weights
 from bcpath.wsi import open_slide
 from tests.model_specs import test_spec

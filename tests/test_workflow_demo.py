@@ -235,7 +235,7 @@ def test_demo_tma_is_dearrayed_into_its_planted_cores(demo_run):
 
 
 def test_demo_hscore_table_has_every_core_and_column(demo_run):
-    from bcpath.ihc.steps import HSCORE_COLUMNS
+    from bcpath.ihc.cores import HSCORE_COLUMNS
 
     table = pd.read_csv(demo_run / "results/cohort/hscore.csv", dtype={"flags": str}).set_index("core_id")
     assert list(table.columns[: len(HSCORE_COLUMNS) - 1]) == [c for c in HSCORE_COLUMNS if c != "core_id"]

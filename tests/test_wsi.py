@@ -179,3 +179,23 @@ def test_fast_tiff_leaves_jpeg2000_to_openslide_and_can_be_switched_off(
     monkeypatch.setenv("BCPATH_FAST_TIFF", "0")
     with open_slide(require_shared("wsi/CMU-1-Small-Region.svs")) as slide:
         assert slide._backend.fast_levels == []
+
+
+def test_png_and_jpeg_open_as_one_level_image_slides(tmp_path):
+    """open_slide picks the plain-image backend by suffix: one level, µm/px from the caller, white
+    outside the image, a grayscale image and a missing µm/px refused naming the file."""
+    rgb = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "core.png"), rgb[..., ::-1])
+    cv2.imwrite(str(tmp_path / "core.jpg"), rgb[..., ::-1])
+    with open_slide(tmp_path / "core.png", "core", mpp=0.5) as slide:
+        assert slide.reader == "image" and slide.level_dimensions == [(80, 60)] and slide.mpp_source == "sample_sheet"
+        assert (slide.read_region(10, 5, 30, 20, mpp=0.5) == rgb[5:25, 10:40]).all()
+        assert (slide.read_level(0, 70, 50, 20, 20)[:10, :10] == rgb[50:, 70:]).all()
+        assert (slide.read_region(70, 50, 20, 20, mpp=0.5)[10:] == 255).all()
+        assert slide.thumbnail(1.0).shape == (30, 40, 3)
+    assert open_slide(tmp_path / "core.jpg", "core", mpp=0.5).dimensions == (80, 60)
+    with pytest.raises(SlideError, match=r"no µm/px for the image .*core\.png"):
+        open_slide(tmp_path / "core.png", "core")
+    cv2.imwrite(str(tmp_path / "gray.png"), rgb[..., 0])
+    with pytest.raises(SlideError, match=r"gray\.png is a grayscale image"):
+        open_slide(tmp_path / "gray.png", "gray", mpp=0.5)

@@ -1,5 +1,5 @@
-"""Rule dearray_tma: thin adapter; the logic is bcpath.ihc.steps.dearray_step."""
+"""Rule dearray_tma: thin adapter; the logic is bcpath.steps.ihc.dearray_step."""
 
 from bcpath.workflow import run_rule
 
-run_rule(snakemake, "bcpath.ihc.steps:dearray_step")  # noqa: F821 (snakemake is injected)
+run_rule(snakemake, "bcpath.steps.ihc:dearray_step")  # noqa: F821 (snakemake is injected)

@@ -1,5 +1,5 @@
-"""Rule detect_tissue: thin adapter; the logic is bcpath.pipeline.detect_tissue_step."""
+"""Rule detect_tissue: thin adapter; the logic is bcpath.steps.slides.detect_tissue_step."""
 
 from bcpath.workflow import run_rule
 
-run_rule(snakemake, "bcpath.pipeline:detect_tissue_step")  # noqa: F821 (snakemake is injected)
+run_rule(snakemake, "bcpath.steps.slides:detect_tissue_step")  # noqa: F821 (snakemake is injected)

@@ -1,5 +1,5 @@
-"""Rule inspect_slide: thin adapter; the logic is bcpath.pipeline.inspect_slide_step."""
+"""Rule inspect_slide: thin adapter; the logic is bcpath.steps.slides.inspect_slide_step."""
 
 from bcpath.workflow import run_rule
 
-run_rule(snakemake, "bcpath.pipeline:inspect_slide_step")  # noqa: F821 (snakemake is injected)
+run_rule(snakemake, "bcpath.steps.slides:inspect_slide_step")  # noqa: F821 (snakemake is injected)

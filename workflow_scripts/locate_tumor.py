@@ -1,5 +1,5 @@
-"""Rule locate_tumor: thin adapter; the logic is bcpath.proliferation.steps.locate_tumor_step."""
+"""Rule locate_tumor: thin adapter; the logic is bcpath.steps.proliferation.locate_tumor_step."""
 
 from bcpath.workflow import run_rule
 
-run_rule(snakemake, "bcpath.proliferation.steps:locate_tumor_step")  # noqa: F821 (snakemake is injected)
+run_rule(snakemake, "bcpath.steps.proliferation:locate_tumor_step")  # noqa: F821 (snakemake is injected)

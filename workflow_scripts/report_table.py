@@ -1,5 +1,5 @@
-"""Rules report_qc_table and report_hscore_table: thin adapter; the logic is bcpath.report.table_html_step."""
+"""Rules report_qc_table and report_hscore_table: thin adapter; the logic is bcpath.steps.report.table_html_step."""
 
 from bcpath.workflow import run_rule
 
-run_rule(snakemake, "bcpath.report:table_html_step")  # noqa: F821 (snakemake is injected)
+run_rule(snakemake, "bcpath.steps.report:table_html_step")  # noqa: F821 (snakemake is injected)

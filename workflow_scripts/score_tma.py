@@ -1,5 +1,5 @@
-"""Rule score_tma: thin adapter; the logic is bcpath.ihc.steps.score_tma_step."""
+"""Rule score_tma: thin adapter; the logic is bcpath.steps.ihc.score_tma_step."""
 
 from bcpath.workflow import run_rule
 
-run_rule(snakemake, "bcpath.ihc.steps:score_tma_step")  # noqa: F821 (snakemake is injected)
+run_rule(snakemake, "bcpath.steps.ihc:score_tma_step")  # noqa: F821 (snakemake is injected)

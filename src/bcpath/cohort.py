@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from bcpath.errors import SampleSheetError
+from bcpath.labels import BIOMARKERS
 from bcpath.wsi import SLIDE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
 OPTIONAL_COLUMNS = (
-    "mpp", "stain", "ER", "PR", "HER2", "grade", "proliferation", "split",
+    "mpp", "stain", *BIOMARKERS, "grade", "proliferation", "split",
     "patient_id", "annotations", "tissue_mask", "core_map", "core_scores", "mitoses",
 )
 REQUIRED_COLUMNS = ("slide_id", "path")
@@ -107,7 +108,7 @@ def _normalise_cell(column: str, value: str, where: str) -> Any:
         return int(number) if _NUMBER_COLUMNS[column] is int and number.is_integer() else number
     if column == "stain":
         return _STAIN_ALIASES.get(value.lower(), value)
-    if column in ("ER", "PR", "HER2"):
+    if column in BIOMARKERS:
         return _STATUS_ALIASES.get(value.lower(), value)
     if column == "split":
         return value.lower()

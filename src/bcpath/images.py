@@ -19,6 +19,10 @@ from bcpath.errors import BcpathError
 
 # µm/px outside this range in a file is a placeholder (e.g. 72 dpi = 353 µm/px), not a scan.
 MPP_RANGE = (0.05, 20.0)
+#: Image files bcpath reads as plain images (not slides), case-insensitive: the one list.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+#: Label images: the lossless ones of :data:`IMAGE_SUFFIXES` (JPEG would change the labels).
+LABEL_IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 _UM_PER_UNIT = {2: 25_400.0, 3: 10_000.0, 4: 1_000.0, 5: 1.0}  # TIFF ResolutionUnit -> µm
 
 
@@ -34,6 +38,18 @@ def is_grayscale(rgb: np.ndarray, tolerance: int = 2, fraction: float = 0.999) -
     x = x[..., :3].astype(np.int16)
     spread = x.max(axis=-1) - x.min(axis=-1)
     return bool(np.mean(spread <= tolerance) >= fraction)
+
+
+def laplacian_variance(grey: np.ndarray, where: np.ndarray, float32: bool = False) -> float:
+    """The blur score: variance of the Laplacian (OpenCV's 3 x 3 aperture) of a grey image over
+    the pixels ``where`` is true. Sharp tissue scores high, out-of-focus tissue low. The slide QC
+    (:func:`bcpath.tissue.blur_score`) takes the uint8 grey image with a float64 Laplacian; the
+    IHC core QC computes in float32 (``float32=True``) as it always has."""
+    import cv2
+
+    if float32:
+        return float(cv2.Laplacian(grey.astype(np.float32), cv2.CV_32F)[where].var())
+    return float(cv2.Laplacian(grey, cv2.CV_64F)[where].var())
 
 
 def read_array(path: Path) -> NDArray[np.generic]:

@@ -1,8 +1,6 @@
-"""Per-slide steps of the workflow, callable with or without Snakemake.
-
-Each ``*_step`` function takes Snakemake-style ``input``/``output``/``params`` objects
-(anything with attribute access) and is what a rule script runs through
-``bcpath.workflow.run_rule``. The plain functions below them are the library API.
+"""Per-slide foundation of the workflow: inspect a slide (info.json), reopen it from its
+info.json, and the cohort QC table. The rules' steps (inspect, tissue, tiles, QC table) are in
+:mod:`bcpath.steps.slides`.
 """
 
 from __future__ import annotations
@@ -47,44 +45,6 @@ def open_from_info(info_json: str | os.PathLike[str], path: str | os.PathLike[st
     if slide.mpp_source != "file":
         slide.mpp_source = info["mpp_source"]
     return slide
-
-
-def inspect_slide_step(input: Any, output: Any, params: Any, **_: Any) -> None:
-    inspect_slide(input.slide, params.slide_id, output.info, mpp=params.mpp, default_mpp=params.default_mpp, stain=params.stain or "HE")
-
-
-def detect_tissue_step(input: Any, output: Any, params: Any, **_: Any) -> None:
-    from bcpath.tissue import QcThresholds, TissueParams, extract_tissue
-
-    out_dir = Path(output.qc).parent
-    with open_from_info(input.info, input.slide) as slide:
-        extract_tissue(
-            slide,
-            out_dir,
-            params=TissueParams(**params.tissue),
-            user_mask=params.user_mask or None,
-            thresholds=QcThresholds(**params.qc),
-        )
-
-
-def tile_slide_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
-    from bcpath.tiling import TilingParams, tile_slide
-    from bcpath.tissue import read_mask
-
-    qc = json.loads(Path(input.qc).read_text())
-    mask = read_mask(input.mask)
-    with open_from_info(input.info, input.slide) as slide:
-        tile_slide(
-            slide,
-            mask,
-            float(qc["mask_mpp"]),
-            output.zarr,
-            output.grid,
-            output.h5,
-            params=TilingParams(**params.tiling),
-            threads=threads,
-            progress=True,
-        )
 
 
 def cohort_qc_table(qc_files: list[str], info_files: list[str], grid_files: list[str]) -> Any:
@@ -155,20 +115,6 @@ def partial_qc_table(slide_ids: list[str], patterns: dict[str, str], failures: d
         table = table.astype({c: "Int64" for c in ("width", "height", "n_tissue_pieces", "n_tiles")})
     order = {s: i for i, s in enumerate(slide_ids)}
     return table.sort_values("slide_id", key=lambda ids: ids.map(order), kind="stable").reset_index(drop=True)
-
-
-def aggregate_qc_step(input: Any, output: Any, **_: Any) -> None:
-    from bcpath.io import atomic_path
-
-    table = cohort_qc_table(list(input.qc), list(input.info), list(input.grid))
-    with atomic_path(output.csv) as tmp:
-        table.to_csv(tmp, index=False)
-
-
-def make_demo_cohort_step(output: Any, params: Any, threads: int = 1, **_: Any) -> None:
-    from bcpath.demo import make_demo_cohort
-
-    make_demo_cohort(Path(output.samples).parent, n_slides=params.n_slides, seed=params.seed, threads=threads, tma=params.tma)
 
 
 __all__ = ["inspect_slide", "open_from_info", "cohort_qc_table", "write_json"]

@@ -1,14 +1,15 @@
 """Figures and tables for ``snakemake --report`` (rules/report.smk).
 
-Each ``*_step`` reads outputs that other rules wrote and draws one report figure or table;
-the drawing itself is in :mod:`bcpath.overlays`. Nothing here changes an analysis result.
+Each function reads outputs that other rules wrote and draws one report figure or table;
+the drawing itself is in :mod:`bcpath.overlays` and the rules' steps are in
+:mod:`bcpath.steps.report`. Nothing here changes an analysis result.
 
-* :func:`table_html_step`: a cohort CSV (qc.csv, hscore.csv) as an HTML table page.
-* :func:`nuclei_overlay_step`: ``nuclei/overlay.png``, a field of the slide with every
+* :func:`write_table_html`: a cohort CSV (qc.csv, hscore.csv) as an HTML table page.
+* :func:`nuclei_overlay`: ``nuclei/overlay.png``, a field of the slide with every
   segmented nucleus outlined, at the densest nuclei area.
-* :func:`nuclei_counts_step`: ``results/cohort/nuclei/counts.csv`` (+ ``.html``): nuclei per
+* :func:`nuclei_counts`: ``results/cohort/nuclei/counts.csv`` (+ ``.html``): nuclei per
   slide, per mm² of the segmented region, and their median size and shape.
-* :func:`hotspot_overlay_step`: ``proliferation/hotspot.png``, the thumbnail with the tumour
+* :func:`hotspot_overlay`: ``proliferation/hotspot.png``, the thumbnail with the tumour
   outline, the mitotic hotspot and the detected mitoses, beside a close-up of the hotspot.
 """
 
@@ -74,10 +75,6 @@ def write_table_html(csv_path: str | os.PathLike[str], html_path: str | os.PathL
     write_text(html_path, html_table(table, title, note))
 
 
-def table_html_step(input: Any, output: Any, params: Any, **_: Any) -> None:
-    write_table_html(input.csv, output.html, params.title, params.note)
-
-
 # --------------------------------------------------------------------------- nuclei
 
 
@@ -122,10 +119,6 @@ def nuclei_overlay(
     return {"slide_id": slide_id, "x": x, "y": y, "width": w, "height": h, "n_in_field": inside, "n_nuclei": len(xs)}
 
 
-def nuclei_overlay_step(input: Any, output: Any, params: Any, **_: Any) -> None:
-    nuclei_overlay(input.slide, input.info, input.labels, input.features, output.png, float(params.window_um))
-
-
 def nuclei_counts(
     slide_ids: list[str],
     features: list[str],
@@ -158,19 +151,6 @@ def nuclei_counts(
             }
         )
     return pd.DataFrame(rows, columns=list(NUCLEI_COUNT_COLUMNS))
-
-
-def nuclei_counts_step(input: Any, output: Any, params: Any, **_: Any) -> None:
-    from bcpath.io import atomic_path, write_text
-
-    table = nuclei_counts(list(params.slides), list(input.features), list(input.regions), list(input.qc), params.region)
-    with atomic_path(output.csv) as tmp:
-        table.to_csv(tmp, index=False)
-    note = (
-        f"Nuclei segmented per slide in the {params.region} region; nuclei_per_mm2 = n_nuclei / region_area_mm2. "
-        "Per-nucleus measurements: results/slides/<slide>/nuclei/features.parquet."
-    )
-    write_text(output.html, html_table(table, "Nuclei per slide", note))
 
 
 # --------------------------------------------------------------------------- proliferation
@@ -226,8 +206,3 @@ def hotspot_overlay(
     return {"slide_id": slide_id, "hotspot": hotspot, "n_mitoses": len(mitoses)}
 
 
-def hotspot_overlay_step(input: Any, output: Any, params: Any, **_: Any) -> None:
-    hotspot_overlay(
-        input.slide, input.info, input.thumbnail, input.qc, input.tumor, input.features, input.mitoses,
-        output.png, int(params.closeup_px),
-    )

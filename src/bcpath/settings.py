@@ -12,7 +12,7 @@ The dataclasses live next to the code they configure:
 - ``nuclei.training`` → :class:`bcpath.nuclei.training.NucleiTrainSettings`
 - ``ihc.ramcnn`` → :class:`bcpath.ihc.ramcnn.RamcnnSettings`
 - ``erpr.training`` → :class:`bcpath.erpr.training.TrainConfig`
-- ``erpr.inference`` / ``erpr.stage2`` / ``erpr.evaluation`` → :mod:`bcpath.erpr.steps`
+- ``erpr.inference`` / ``erpr.stage2`` / ``erpr.evaluation`` → :mod:`bcpath.steps.erpr`
 """
 
 from __future__ import annotations

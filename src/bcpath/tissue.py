@@ -212,6 +212,8 @@ def blur_score(slide: Slide, mask: np.ndarray, mask_mpp: float, n_samples: int =
     """
     import cv2
 
+    from bcpath.images import laplacian_variance
+
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
         return None
@@ -225,12 +227,11 @@ def blur_score(slide: Slide, mask: np.ndarray, mask_mpp: float, n_samples: int =
         half0 = size_px / 2 * read_mpp / slide.mpp
         field = slide.read_region(cx0 - half0, cy0 - half0, size_px, size_px, read_mpp)
         grey = cv2.cvtColor(field, cv2.COLOR_RGB2GRAY)
-        laplacian = cv2.Laplacian(grey, cv2.CV_64F)
         hsv_sat = cv2.cvtColor(field, cv2.COLOR_RGB2HSV)[..., 1]
         tissue = hsv_sat > 20
         if tissue.sum() < 0.1 * tissue.size:
             continue
-        scores.append(float(laplacian[tissue].var()))
+        scores.append(laplacian_variance(grey, tissue))
     return float(np.median(scores)) if scores else None
 
 

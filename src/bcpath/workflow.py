@@ -3,7 +3,7 @@
 A rule script is a few lines::
 
     from bcpath.workflow import run_rule
-    run_rule(snakemake, "bcpath.pipeline:inspect_slide_step")
+    run_rule(snakemake, "bcpath.steps.slides:inspect_slide_step")
 
 ``run_rule`` sends logging to the rule's log file (and stderr), calls the step with the
 job's inputs/outputs/params, and on failure writes one clear message to the log plus a

@@ -4,7 +4,7 @@
 slides at ``DEMO_MPP`` µm/px, ``samples.tsv``, QuPath GeoJSON region annotations and
 ground-truth nuclei/mitoses (layout in ``bcpath.demo.cohort``). Region classes are
 ``"{ER|PR|HER2}-{positive|negative} tumor"`` and ``"non-tumor"``; ``region_label`` maps a
-feature to the label of one biomarker.
+feature to the label of one biomarker (both in :mod:`bcpath.labels`, with ``BIOMARKERS``).
 
 Modules: ``painting`` (stain-density drawing primitives), ``phenotypes`` (phenotype registry
 and tumor painters), ``scene`` (slide composition), ``writer`` (files), ``cohort`` (labels,
@@ -18,19 +18,14 @@ from bcpath.demo.cohort import (
     make_demo_cohort,
     plan_slide,
 )
-from bcpath.labels import BIOMARKERS, NON_TUMOR, region_label, tumor_class
 
 __all__ = [
-    "BIOMARKERS",
     "DEMO_MPP",
     "GENERATOR_VERSION",
-    "NON_TUMOR",
     "PHENOTYPES",
     "demo_slide_ids",
     "make_demo_cohort",
     "plan_slide",
-    "region_label",
-    "tumor_class",
 ]
 
 

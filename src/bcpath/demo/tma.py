@@ -13,7 +13,7 @@ Planted H-Scores are spread evenly over 0–300 (the two ends included) in a shu
 and one core has a tumor fraction under 15 % so the QC flag has something to find.
 
 Pixels are painted as stain amounts (hematoxylin, DAB) in OD units and turned into RGB by
-Beer-Lambert with Liu et al.'s DAB-H vectors (:func:`bcpath.ihc.deconvolution.combine_stains`);
+Beer-Lambert with Liu et al.'s DAB-H vectors (:func:`bcpath.stain.deconvolution.combine_stains`);
 the nuclear DAB amounts of the classes (0.03 / 0.30 / 0.50 / 0.85 OD, ±0.03) sit inside the
 QuPath bins (< 0.2, 0.2–0.4, 0.4–0.6, ≥ 0.6) that cell scoring uses.
 
@@ -298,7 +298,7 @@ def write_tma(
     slide, annotations, truth and core map (:func:`make_demo_tma`'s files, named by
     ``slide_id``). Each core's painting draws from ``default_rng((*paint_key, row, col))``.
     ``extra_columns``: CorePlan fields (e.g. ``dab_gain``) added to the truth table."""
-    from bcpath.ihc.deconvolution import combine_stains
+    from bcpath.stain.deconvolution import combine_stains
 
     out = Path(out_dir)
     for sub in ("slides", "annotations", "truth"):

@@ -41,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bcpath.errors import BcpathError
+from bcpath.images import IMAGE_SUFFIXES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,9 +50,6 @@ if TYPE_CHECKING:
     from bcpath.models.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-"""File suffixes :func:`concept_patches_from_folder` reads (case-insensitive)."""
 
 HEAD_ATTRIBUTES = ("fc", "classifier", "heads", "head")
 """Attribute names of the final classifier module, looked up in this order (torchvision:

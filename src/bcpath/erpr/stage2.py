@@ -711,7 +711,6 @@ def _validate_labels(labels: npt.ArrayLike, n_slides: int) -> npt.NDArray[np.int
 
 
 __all__ = [
-    "BIOMARKERS",
     "CLASS_ORDER",
     "DEFAULT_GRID",
     "Stage2Error",

@@ -3,8 +3,8 @@
 Follows the steps of QuPath's "Positive cell detection" (watershed cell detection), with every
 size in µm so that it holds at any resolution:
 
-1. colour deconvolution (:func:`bcpath.ihc.deconvolution.separate_stains`), white level from
-   the image (:func:`bcpath.ihc.deconvolution.estimate_white`);
+1. colour deconvolution (:func:`bcpath.stain.deconvolution.separate_stains`), white level from
+   the image (:func:`bcpath.stain.deconvolution.estimate_white`);
 2. detection image: hematoxylin OD + DAB OD (default; a strongly Ki67/ER-positive nucleus
    hides its hematoxylin under DAB, so hematoxylin alone misses it), or hematoxylin OD
    (QuPath's default), or the summed RGB OD (QuPath's "Optical density sum");
@@ -46,7 +46,7 @@ from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.segmentation import expand_labels, relabel_sequential, watershed
 
-from bcpath.ihc.deconvolution import (
+from bcpath.stain.deconvolution import (
     DAB_CHANNEL,
     H_CHANNEL,
     StainVectors,
@@ -375,7 +375,7 @@ def detect_cells(
             (255 = the paper's I0) or a (3,) per-channel white.
         concentrations: precomputed (H, W, 3) [H, DAB, residual] from :func:`separate_stains`.
         nuclei: (H, W) int nucleus labels from elsewhere (e.g. a nuclei U-Net,
-            :func:`bcpath.nuclei.training.predict_instances`); None = the threshold detector.
+            :func:`bcpath.nuclei.predict.predict_instances`); None = the threshold detector.
             Either way the nuclei are expanded into cells and measured the same way.
 
     Returns:

@@ -71,7 +71,7 @@ def tile_metrics(tile: DeepliifTile, segmenter: Segmenter | None, radius: float 
 def fade_hematoxylin(rgb: np.ndarray, factor: float) -> np.ndarray:
     """``rgb`` with its hematoxylin amount × ``factor`` (DAB and residual kept): the same cells
     under a paler counterstain, to check that pale negative nuclei are still found."""
-    from bcpath.ihc.deconvolution import (
+    from bcpath.stain.deconvolution import (
         combine_stains,
         estimate_white,
         paper_stain_vectors,

@@ -154,7 +154,7 @@ def estimate_mask_shift(rgb: np.ndarray, mask_rgb: np.ndarray, max_shift: int = 
     Returns:
         (dx, dy) ints.
     """
-    from bcpath.ihc.deconvolution import rgb_to_od
+    from bcpath.stain.deconvolution import rgb_to_od
 
     m = np.asarray(mask_rgb)[..., :3]
     cells = ((m[..., 0] > 127) | (m[..., 2] > 127)) & (m[..., 1] < 100)

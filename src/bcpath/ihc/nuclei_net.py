@@ -3,7 +3,7 @@
 No annotated IHC nuclei set is reachable for training (the 4 DeepLIIF tiles are kept for
 validation only), so the net learns from the annotated H&E sets (MoNuSeg non-breast, CPM-15,
 CoNSeP training split) re-stained as IHC on the fly
-(:func:`bcpath.nuclei.ihc_render.render_ihc_from_amounts`): hematoxylin from colour
+(:func:`bcpath.stain.ihc_render.render_ihc_from_amounts`): hematoxylin from colour
 deconvolution scaled log-uniformly from barely visible (nuclear 90th percentile 0.04 OD) to dark
 (1.2 OD), a random share of nuclei DAB-positive from faint (0.08 OD) to saturated (2.5 OD),
 jittered stain vectors, white level, haze, blur and noise. Sets are sampled equally (a third of
@@ -68,7 +68,7 @@ def normalise_input(rgb: NDArray[np.uint8], white: NDArray[np.float64] | float |
     the stained pixels (OD sum > 0.05; 0.2 when fewer than 1 % of pixels are stained), then
     ``log1p`` (dark DAB nuclei compressed, pale ones kept apart from glass).
     """
-    from bcpath.ihc.deconvolution import estimate_white, rgb_to_od
+    from bcpath.stain.deconvolution import estimate_white, rgb_to_od
 
     x = np.asarray(rgb)[..., :3]
     i0 = estimate_white(x) if white is None else white
@@ -246,7 +246,7 @@ def _load_set(folder: Path) -> list[tuple[str, NDArray[np.uint8], NDArray[np.int
 
 def prepare_images(folders: Sequence[str | Path], mpp: float = NET_MPP) -> list[_Image]:
     """Every annotated image of ``folders`` at ``mpp``: hematoxylin, eosin amounts and labels."""
-    from bcpath.nuclei.ihc_render import hematoxylin_from_he
+    from bcpath.stain.ihc_render import hematoxylin_from_he
 
     images = []
     for folder in folders:
@@ -299,7 +299,7 @@ class RenderRanges:
 
 def render_crop(image: _Image, rng: np.random.Generator, crop: int, ranges: RenderRanges) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """One random training crop: (3, crop, crop) normalised input, (2, crop, crop) targets."""
-    from bcpath.nuclei.ihc_render import render_ihc_from_amounts
+    from bcpath.stain.ihc_render import render_ihc_from_amounts
 
     h, w = image.labels.shape
     ph, pw = max(0, crop - h), max(0, crop - w)
@@ -331,7 +331,7 @@ def render_crop(image: _Image, rng: np.random.Generator, crop: int, ranges: Rend
 
 def render_image(image: _Image, rng: np.random.Generator, ranges: RenderRanges) -> NDArray[np.uint8]:
     """A whole image re-rendered as IHC (validation)."""
-    from bcpath.nuclei.ihc_render import render_ihc_from_amounts
+    from bcpath.stain.ihc_render import render_ihc_from_amounts
 
     return render_ihc_from_amounts(
         image.hema, image.eosin, image.labels, rng, positive_fraction=ranges.positive_fraction, dab_od=ranges.dab_od,

@@ -6,7 +6,7 @@ under it (issue 13: on unseen DeepLIIF Ki67 tiles 14 of 64 cells found). This de
 the same QuPath recipe, but every level is relative to the image itself:
 
 1. optical density of R, G, B with the white from the image
-   (:func:`bcpath.ihc.deconvolution.estimate_white`), summed (QuPath's "Optical density sum":
+   (:func:`bcpath.stain.deconvolution.estimate_white`), summed (QuPath's "Optical density sum":
    hematoxylin and DAB nuclei alike);
 2. median filter (``median_um``) then Gaussian (``sigma_um``) smoothing;
 3. background subtraction by a morphological opening with a disk of ``background_radius_um``
@@ -40,7 +40,7 @@ from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu, threshold_triangle
 from skimage.segmentation import watershed
 
-from bcpath.ihc.deconvolution import estimate_white, rgb_to_od
+from bcpath.stain.deconvolution import estimate_white, rgb_to_od
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def segment_od_sum(
     top = contrast_image(od, mpp, params)
     counterstain = None
     if params.exclude_dab:
-        from bcpath.ihc.deconvolution import paper_stain_vectors, separate_stains
+        from bcpath.stain.deconvolution import paper_stain_vectors, separate_stains
 
         conc = separate_stains(x, paper_stain_vectors(), white)
         counterstain = conc[..., 1] < np.maximum(conc[..., 0], 0)

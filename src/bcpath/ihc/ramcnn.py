@@ -3,7 +3,7 @@
 Liu et al. predict the H-Score (0-300) of a TMA core directly from two images:
 
 - **SINI** (stain intensity nuclei image) = ``I_la x G``: the stain-intensity image
-  (:func:`bcpath.ihc.deconvolution.stain_intensity_image`, LAMT-based, in [0, 1]) inside the
+  (:func:`bcpath.stain.deconvolution.stain_intensity_image`, LAMT-based, in [0, 1]) inside the
   nuclei mask G;
 - **SITI** (stain intensity tumour image) = ``I_la x T``: the same inside the tumour mask T.
 
@@ -82,7 +82,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from bcpath.engine import choose_device, torch_threads
+from bcpath.engine import choose_device
 from bcpath.errors import BcpathError
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ def sini_siti(
     Raises:
         BcpathError: not an (H, W, 3) image, masks of another size, no mask and no mpp.
     """
-    from bcpath.ihc.deconvolution import (
+    from bcpath.stain.deconvolution import (
         estimate_white,
         get_stain_vectors,
         rgb_to_od,
@@ -768,7 +768,7 @@ def load_ramcnn(directory: str | os.PathLike[str], device: str | None = "cpu") -
 
 
 # ---------------------------------------------------------------------------------------------
-# Workflow step
+# Training cores table
 
 #: Columns of the cores table that may hold the per-core .npz path (first present wins).
 NPZ_COLUMNS = ("npz", "npz_path", "path", "sid_npz")
@@ -831,55 +831,3 @@ def load_training_cores(table_path: str | os.PathLike[str]) -> tuple[list[Core],
     return cores, ids, skipped
 
 
-def train_ramcnn_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
-    """Rule train_ramcnn: leave-k-out CV, then a model on all cores.
-
-    input.cores: cores table (see :func:`load_training_cores`). params.ramcnn: config section
-    ``ihc.ramcnn`` (:class:`RamcnnSettings`; dla_sigma in H-Score points). Outputs: output.model (directory: ramcnn.pt, ramcnn.json), output.cv (CSV:
-    slide_id, core_id, fold, reference, predicted), output.metrics (JSON: MAE, SD, r, ...).
-    """
-    from bcpath.io import atomic_dir, atomic_path, write_json
-    from bcpath.settings import from_params
-
-    settings = from_params(RamcnnSettings, params.ramcnn)
-    k, seed = settings.folds_k, settings.seed
-    train_kwargs: dict[str, Any] = {
-        "epochs": settings.epochs,
-        "batch_size": settings.batch_size,
-        "lr": settings.lr,
-        "n_dla_labels": settings.n_dla_labels,
-        "dla_sigma": settings.dla_sigma,
-        "size": settings.size,
-        "device": settings.device,
-    }
-    # Network shape: not (yet) config keys of the closed schema; read when present, else the
-    # defaults (width 16, hidden 128, bins "auto": 8 intensity bins above 128 px).
-    section = dict(params.ramcnn or {}) if isinstance(params.ramcnn, dict) else {}
-    for key, default in (("width", 16), ("hidden", 128), ("bins", "auto"), ("pool", None)):
-        train_kwargs[key] = section.get(key, default)
-    cores, ids, skipped = load_training_cores(input.cores)
-    if len(cores) < 2 * k:
-        raise BcpathError(
-            f"RAM-CNN training: {len(cores)} core(s) with a reference H-Score in {input.cores} ({skipped} without one); "
-            f"leave-{k}-out cross-validation needs at least {2 * k}; add reference H-Scores or lower ramcnn.folds_k"
-        )
-    with torch_threads(threads, choose_device(train_kwargs["device"])):
-        logger.info("RAM-CNN: %d cores (%d skipped without reference), leave-%d-out, settings %s", len(cores), skipped, k, train_kwargs)
-        table, metrics = leave_k_out_cv(cores, k, seed=seed, **train_kwargs)
-        logger.info("RAM-CNN CV: MAE %.1f, SD %.1f, r %.3f (n %d)", metrics["mae"], metrics["sd_error"], metrics["pearson_r"], metrics["n"])
-        started = time.perf_counter()
-        model, history = train_ramcnn(cores, seed=seed, **train_kwargs)
-        logger.info("RAM-CNN on all %d cores: final loss %.5f (RMSE %.1f H-Score points), %.1fs", len(cores), history[-1]["loss"], history[-1]["rmse_h"], time.perf_counter() - started)
-    table.insert(0, "slide_id", [ids[c][0] for c in table["core_id"]])
-    table["core_id"] = [ids[c][1] for c in table["core_id"]]
-    with atomic_path(output.cv) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.4f")
-    summary = {
-        "cv": metrics,
-        "n_cores": len(cores),
-        "n_skipped_no_reference": skipped,
-        "training": {**train_kwargs, "folds_k": k, "seed": seed, "dla_sigma_unit": "H-Score points (0-300)"},
-    }
-    write_json(output.metrics, summary)
-    with atomic_dir(output.model) as tmp_dir:
-        save_ramcnn(model, tmp_dir, {**summary, "history": history, "cores": sorted(ids)})

@@ -52,11 +52,11 @@ from bcpath.ihc.cells import (
     intensity_classes,
     percent_positive,
 )
-from bcpath.ihc.deconvolution import (
+from bcpath.images import is_grayscale
+from bcpath.stain.deconvolution import (
     DAB_CHANNEL,
     estimate_white,
     get_stain_vectors,
-    is_grayscale,
     rgb_to_od,
     separate_stains,
 )

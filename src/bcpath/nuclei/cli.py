@@ -43,7 +43,7 @@ import tifffile
 from numpy.typing import NDArray
 
 from bcpath.errors import BcpathError
-from bcpath.images import MPP_RANGE, image_mpp, read_array, read_uint8_image
+from bcpath.images import LABEL_IMAGE_SUFFIXES, MPP_RANGE, image_mpp, read_array, read_uint8_image
 
 __all__ = [
     "EVALUATE_COLUMNS",
@@ -58,7 +58,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 EVALUATE_COLUMNS: tuple[str, ...] = (
     "aji",
     "map",
@@ -110,7 +109,7 @@ def predict_files(
     if model not in BASELINES:
         if not Path(model).exists():
             raise _model_error(model)
-        from bcpath.nuclei.training import load_nuclei_model
+        from bcpath.nuclei.predict import load_nuclei_model
 
         trained = load_nuclei_model(model, tta=tta)  # a `bcpath nuclei train` folder or its best.pt
     from bcpath.images import image_inputs
@@ -129,7 +128,7 @@ def predict_files(
                 "e.g. --mpp 0.25 for 40x or 0.5 for 20x"
             )
         if trained is not None:
-            from bcpath.nuclei.training import predict_instances
+            from bcpath.nuclei.predict import predict_instances
 
             labels = predict_instances(trained, rgb, image_um)
         else:
@@ -167,7 +166,7 @@ def _label_files(folder: Path, role: str) -> dict[str, Path]:
         raise BcpathError(f"--{role} {folder}: not a folder; give the folder of label images")
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+        if path.suffix.lower() not in LABEL_IMAGE_SUFFIXES or not path.is_file():
             continue
         if path.stem in files:
             raise BcpathError(
@@ -314,7 +313,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def add_train_subparser(actions: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``bcpath nuclei train`` on the ``nuclei`` sub-command's ``actions``."""
-    from bcpath.nuclei.training import DEFAULT_VAL_NAMES, DEFAULT_VAL_ORGANS, MODEL_MPP
+    from bcpath.nuclei.predict import MODEL_MPP
+    from bcpath.nuclei.training import DEFAULT_VAL_NAMES, DEFAULT_VAL_ORGANS
 
     train = actions.add_parser("train", help="train a 3-class nuclei U-Net (Lagree et al. 2021)")
     train.add_argument("--data", nargs="+", required=True, metavar="DIR", help="MoNuSeg- or CPM-15-layout folders")
@@ -364,7 +364,8 @@ def _cmd_lodo(args: argparse.Namespace) -> int:
         if not Path(folder).is_dir():
             raise BcpathError(f"lodo set {name}: no folder {folder}")
     if args.train:
-        from bcpath.nuclei.training import load_nuclei_model, predict_instances, train_nuclei_model
+        from bcpath.nuclei.predict import load_nuclei_model, predict_instances
+        from bcpath.nuclei.training import train_nuclei_model
 
         if not args.out:
             raise BcpathError("bcpath nuclei lodo --train needs --out DIR (one model per fold)")
@@ -391,7 +392,7 @@ def _cmd_lodo(args: argparse.Namespace) -> int:
         else:
             if not Path(args.model).exists():
                 raise _model_error(args.model)
-            from bcpath.nuclei.training import load_nuclei_model, predict_instances
+            from bcpath.nuclei.predict import load_nuclei_model, predict_instances
 
             bundle = load_nuclei_model(args.model, device=args.device)
 

@@ -25,6 +25,8 @@ import numpy as np
 import tifffile
 from numpy.typing import NDArray
 
+from bcpath.images import IMAGE_SUFFIXES
+
 __all__ = [
     "NucleiSample",
     "list_cpm15",
@@ -40,8 +42,7 @@ __all__ = [
 MONUSEG_DEFAULT_MPP = 0.25
 # CPM-15 README_training.txt: image01-07 at 20x, image08-15 at 40x.
 CPM15_40X = frozenset(f"image{i:02d}" for i in range(8, 16))
-# Image files of a CPM-15-layout folder (CoNSeP's tiles are JPEG as distributed).
-CPM_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+# Image files of a CPM-15-layout folder: any of IMAGE_SUFFIXES (CoNSeP's tiles are JPEG as distributed).
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def list_cpm15(root: str | Path) -> list[NucleiSample]:
     root = Path(root)
     stated = _stated_mpp(root / "mpp.json")
     samples = []
-    images = sorted(p for p in (root / "images").iterdir() if p.suffix.lower() in CPM_IMAGE_SUFFIXES) if (root / "images").is_dir() else []
+    images = sorted(p for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if (root / "images").is_dir() else []
     for image in images:
         mask = root / "inst_masks" / f"{image.stem}_inst.tif"
         if not mask.exists():

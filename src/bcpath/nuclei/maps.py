@@ -89,7 +89,7 @@ def predict_maps(
     """Output maps (C, H, W) float32 of each (H, W, 3) uint8 image (already at model µm/px and
     normalised as the model expects): tiles of ``tile`` px at ``overlap``, Hann-blended; images
     smaller than a tile are reflect-padded and cropped back (as
-    :func:`bcpath.nuclei.training.predict_probabilities`). ``amp``: bf16 autocast (default: on
+    :func:`bcpath.nuclei.predict.predict_probabilities`). ``amp``: bf16 autocast (default: on
     CUDA only)."""
     device = torch.device(device)
     amp = device.type == "cuda" if amp is None else amp

@@ -97,7 +97,6 @@ __all__ = [
     "SlideTiling",
     "get_segmenter",
     "plan_tiles",
-    "segment_nuclei_step",
     "segment_slide",
 ]
 
@@ -179,7 +178,7 @@ def get_segmenter(name_or_callable: str | Segmenter, tta: bool = False) -> Segme
         return target
     if os.path.exists(name):
         # A trained U-Net: a `bcpath nuclei train` folder (best.pt, train.json, stain.json) or its best.pt.
-        from bcpath.nuclei.training import load_nuclei_model, predict_instances
+        from bcpath.nuclei.predict import load_nuclei_model, predict_instances
 
         segmenter = functools.partial(predict_instances, load_nuclei_model(name, tta=tta))
         segmenter.__name__ = f"unet:{name}"  # type: ignore[attr-defined]
@@ -791,58 +790,6 @@ def open_labels(path: str | os.PathLike[str]) -> Any:
     return zarr.open_group(str(path), mode="r")["0"]
 
 
-# --------------------------------------------------------------------------- Snakemake step
-
-
-def _param(params: Any, name: str, default: Any = None) -> Any:
-    if isinstance(params, Mapping):
-        return params.get(name, default)
-    return getattr(params, name, default)
-
-
-def segment_nuclei_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
-    """Rule segment_nuclei (see workflow_scripts/segment_nuclei.py).
-
-    input: slide, info (info.json), mask (tissue/mask.png), qc (tissue/qc.json), optional
-    region (a whole-slide PNG mask intersected with the tissue). params: nuclei (config
-    section ``nuclei``: :class:`SegmentationSettings`), failure_record. output: labels
-    (labels.zarr), geojson (nuclei.geojson), features (features.parquet).
-    """
-    from bcpath.pipeline import open_from_info
-    from bcpath.settings import from_params
-    from bcpath.tissue import mask_mpp_from_qc, read_mask
-
-    settings = from_params(SegmentationSettings, _param(params, "nuclei", None))
-    qc = json.loads(Path(input.qc).read_text())
-    mask = read_mask(input.mask)
-    region_path = _param(input, "region", None)
-    region = read_mask(region_path) if region_path else None
-    with open_from_info(input.info, input.slide) as slide:
-        model_mpp = settings.mpp
-        if slide.mpp > MAX_UPSAMPLING * model_mpp:
-            raise BcpathError(
-                f"slide {slide.slide_id}: scanned at {slide.mpp:g} µm/px, too coarse to segment nuclei at "
-                f"{model_mpp:g} µm/px (at most {MAX_UPSAMPLING:g}x upsampling); scan at 20x (0.5 µm/px) or "
-                "finer, or check the slide's µm/px"
-            )
-        summary = segment_slide(
-            slide,
-            mask,
-            mask_mpp_from_qc(qc),
-            segmenter=settings.model,
-            tta=settings.tta,
-            model_mpp=settings.mpp,
-            tile_px=settings.tile_px,
-            overlap=settings.overlap,
-            region_mask=region,
-            labels_path=output.labels,
-            geojson_path=output.geojson,
-            features_path=output.features,
-            threads=max(1, int(threads or 1)),
-        )
-    logger.info("slide %s: nuclei summary %s", slide.slide_id, json.dumps(summary))
-
-
 # --------------------------------------------------------------------------- tumor regions
 
 
@@ -885,20 +832,3 @@ def tumor_region_mask(
     return region.astype(bool)
 
 
-def tumor_region_step(input: Any, output: Any, params: Any, **_: Any) -> None:
-    """Rule nuclei_tumor_region: nuclei/region.png (tissue-mask grid, 255 = tumor)."""
-    from PIL import Image
-
-    from bcpath.erpr.inference import read_predictions
-    from bcpath.io import atomic_path
-    from bcpath.tissue import mask_mpp_from_qc, read_mask
-
-    info = json.loads(Path(input.info).read_text())
-    qc = json.loads(Path(input.qc).read_text())
-    tissue = read_mask(input.mask)
-    region = tumor_region_mask(
-        read_predictions(input.predictions), tissue.shape, mask_mpp_from_qc(qc), float(info["mpp"]), float(params.threshold)
-    ) & tissue
-    logger.info("tumor region: %.1f %% of the tissue", 100.0 * region.sum() / max(int(tissue.sum()), 1))
-    with atomic_path(output.region) as tmp:
-        Image.fromarray((region * 255).astype(np.uint8)).save(tmp, format="PNG")

@@ -1,4 +1,5 @@
-"""Training and inference of 3-class nuclei U-Nets (Lagree et al. 2021, Sci Rep 11:8025).
+"""Training of 3-class nuclei U-Nets (Lagree et al. 2021, Sci Rep 11:8025). Loading a trained
+model, prediction and decoding are :mod:`bcpath.nuclei.predict`, which this module imports.
 
 Pipeline (every choice is recorded in ``train.json``):
 
@@ -8,7 +9,7 @@ Pipeline (every choice is recorded in ``train.json``):
   by default (20×): MoNuSeg (0.25) and CPM-15 40× images are halved, CPM-15 20× images kept.
   RGB: area interpolation down, linear up; labels: nearest neighbour. At 0.5 µm/px a nucleus
   is ~10-20 px across and a 256 px tile covers 128 µm; it also quarters CPU cost.
-- **Stain.** Vahadane normalisation (:mod:`bcpath.nuclei.normalise`) fitted once to one training
+- **Stain.** Vahadane normalisation (:mod:`bcpath.stain.normalise`) fitted once to one training
   image (``stain_reference``; default: the first training image by (dataset, name), i.e. CPM-15
   image01 with the default data, at model µm/px), saved
   as ``stain.json`` and reused unchanged at inference.
@@ -33,9 +34,9 @@ Pipeline (every choice is recorded in ``train.json``):
   numpy generators, no worker processes).
 - **Threshold.** The threshold of :func:`bcpath.nuclei.targets.instances_from_probabilities`
   maximising the mean validation AJI over :data:`THRESHOLDS`, scored at each image's own size.
-- **Inference** (:func:`predict_instances`): resample to model µm/px, normalise, 256 px tiles at
-  50 % overlap blended with a Hann (sin²) window, probabilities resampled to the input's size
-  and decoded there (:func:`decode_at_size`).
+- **Inference** (:func:`bcpath.nuclei.predict.predict_instances`): resample to model µm/px,
+  normalise, 256 px tiles at 50 % overlap blended with a Hann (sin²) window, probabilities
+  resampled to the input's size and decoded there.
 
 Outputs of :func:`train_nuclei_model` in ``out_dir``: ``best.pt`` / ``last.pt`` (state_dicts),
 ``train.json``, ``log.csv`` (epoch, train_loss, val_loss), ``stain.json``.
@@ -43,8 +44,6 @@ Outputs of :func:`train_nuclei_model` in ``out_dir``: ``best.pt`` / ``last.pt`` 
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
 import math
 import os
@@ -64,54 +63,56 @@ from scipy import ndimage as ndi
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from bcpath.engine import choose_device, fit, seed_everything, torch_threads
+from bcpath.engine import fit, seed_everything
 from bcpath.errors import BcpathError
-from bcpath.io import atomic_path, json_ready, write_json
+from bcpath.images import IMAGE_SUFFIXES
+from bcpath.io import json_ready, write_json
 from bcpath.models.registry import load_checked_state_dict, save_weights
-from bcpath.nuclei.datasets import CPM_IMAGE_SUFFIXES, NucleiSample, list_cpm15, list_monuseg
-from bcpath.nuclei.normalise import StainNormaliser
+from bcpath.nuclei.datasets import NucleiSample, list_cpm15, list_monuseg
+from bcpath.nuclei.predict import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MIN_AREA_PX,
+    MODEL_MPP,
+    PREDICT_OVERLAP,
+    TILE,
+    TRAIN_OVERLAP,
+    NucleiModel,
+    build_model,
+    load_nuclei_model,
+    predict_probabilities,
+    probabilities_at_size,
+    resample_rgb,
+    tile_grid,
+    to_input,
+)
+from bcpath.stain.normalise import StainNormaliser
 
 __all__ = [
     "DEFAULT_VAL_NAMES",
     "DEFAULT_VAL_ORGANS",
-    "MODEL_MPP",
     "THRESHOLDS",
-    "TILE",
-    "NucleiModel",
     "NucleiTrainSettings",
     "NucleiTileDataset",
     "PreparedImage",
     "augment_tile",
-    "build_model",
+    "evaluate_dataset",
     "list_nuclei_folder",
-    "load_nuclei_model",
-    "predict_instances",
-    "predict_probabilities",
-    "decode_at_size",
     "prepare_samples",
     "resample_labels",
-    "resample_rgb",
     "sample_organ",
     "split_by_organ",
-    "tile_grid",
-    "tile_starts",
     "train_nuclei_model",
+    "validate_thresholds",
 ]
 
 logger = logging.getLogger(__name__)
 
-MODEL_MPP = 0.5
-TILE = 256
-TRAIN_OVERLAP = 0.1
-PREDICT_OVERLAP = 0.5
 THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-MIN_AREA_PX = 10
 W0, SIGMA_PX = 10.0, 5.0
 #: log.csv of a training run (one row per epoch, written by :func:`bcpath.engine.fit`).
 LOG_COLUMNS: tuple[str, ...] = ("epoch", "train_loss", "val_loss", "seconds")
 LOG_FORMATS: dict[str, str] = {"train_loss": "%.6f", "val_loss": "%.6f", "seconds": "%.1f"}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # TCGA tissue source site (barcode field 2) → organ, for the MoNuSeg images in shared/data.
 # From the TCGA code tables (project of each site): LUSC/LUAD, KIRC/KIRP, COAD, PRAD, BLCA, LGG.
@@ -164,7 +165,7 @@ def list_nuclei_folder(folder: str | Path) -> list[NucleiSample]:
     try:
         if (folder / "annotations").is_dir() and any(images.glob("*.tif")):
             return list_monuseg(folder)
-        if (folder / "inst_masks").is_dir() and any(p.suffix.lower() in CPM_IMAGE_SUFFIXES for p in images.glob("*")):
+        if (folder / "inst_masks").is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in images.glob("*")):
             return list_cpm15(folder)
     except FileNotFoundError as exc:
         raise BcpathError(
@@ -207,20 +208,6 @@ def split_by_organ(
             f"organs {sorted(organs)} and names {sorted(names)}; choose organs / names that leave both non-empty"
         )
     return train, val
-
-
-def _scaled_size(shape: tuple[int, ...], mpp: float, target_mpp: float) -> tuple[int, int]:
-    f = mpp / target_mpp
-    return max(1, int(round(shape[0] * f))), max(1, int(round(shape[1] * f)))
-
-
-def resample_rgb(rgb: NDArray[np.uint8], mpp: float, target_mpp: float) -> NDArray[np.uint8]:
-    """(H, W, 3) uint8 at ``mpp`` µm/px → (H', W', 3) at ``target_mpp`` (area down, linear up)."""
-    h, w = _scaled_size(rgb.shape, mpp, target_mpp)
-    if (h, w) == rgb.shape[:2]:
-        return np.ascontiguousarray(rgb)
-    interp = cv2.INTER_AREA if h < rgb.shape[0] else cv2.INTER_LINEAR
-    return np.ascontiguousarray(cv2.resize(rgb, (w, h), interpolation=interp))
 
 
 def resample_labels(labels: NDArray[np.integer], shape: tuple[int, int]) -> NDArray[np.int32]:
@@ -270,27 +257,6 @@ def prepare_samples(
             PreparedImage(s.name, sample_organ(s), small, lab, s, labels if keep_original else None)
         )
     return out
-
-
-def tile_starts(length: int, tile: int = TILE, overlap: float = TRAIN_OVERLAP) -> list[int]:
-    """Tile origins along one axis covering [0, length): the fewest tiles with overlap ≥
-    ``overlap``·tile between neighbours, spread evenly from 0 to length − tile. [0] if length ≤ tile."""
-    if length <= tile:
-        return [0]
-    stride = tile * (1.0 - overlap)
-    n = int(math.ceil((length - tile) / stride - 1e-9)) + 1
-    return [int(round(i * (length - tile) / (n - 1))) for i in range(n)]
-
-
-def tile_grid(
-    shape: tuple[int, int], tile: int = TILE, overlap: float = TRAIN_OVERLAP
-) -> list[tuple[int, int]]:
-    """(row, col) origins of the tiles covering an (H, W) image, row-major."""
-    return [
-        (r, c)
-        for r in tile_starts(shape[0], tile, overlap)
-        for c in tile_starts(shape[1], tile, overlap)
-    ]
 
 
 def _pad_to(
@@ -348,14 +314,6 @@ def augment_tile(
     return np.ascontiguousarray(out_rgb), np.asarray(out_lab, dtype=np.int32)
 
 
-def _to_input(rgb: NDArray[np.uint8]) -> torch.Tensor:
-    """(H, W, 3) uint8 → (3, H, W) float32, ImageNet mean/std normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255.0
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (x - mean) / std
-
-
 TARGET_STAINS = ("he", "ihc")
 
 
@@ -367,7 +325,7 @@ def _check_target_stain(target_stain: str) -> str:
 
 def render_images_ihc(images: Sequence[PreparedImage], seed: int) -> list[PreparedImage]:
     """Validation images re-rendered once as DAB + hematoxylin (one fixed draw per image)."""
-    from bcpath.nuclei.ihc_render import render_ihc
+    from bcpath.stain.ihc_render import render_ihc
 
     return [
         replace(im, rgb=render_ihc(im.rgb, im.labels, np.random.default_rng((seed, 1_000_003, i))))
@@ -382,7 +340,7 @@ class NucleiTileDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     item draws its transform from ``np.random.default_rng((seed, epoch, index))`` (call
     :meth:`set_epoch`), so a run is reproducible; without it, items are cached.
     ``target_stain="ihc"`` re-renders each augmented tile as DAB + hematoxylin
-    (:func:`bcpath.nuclei.ihc_render.render_ihc`); un-augmented images are used as given.
+    (:func:`bcpath.stain.ihc_render.render_ihc`); un-augmented images are used as given.
     """
 
     def __init__(
@@ -418,7 +376,7 @@ class NucleiTileDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
             rng = np.random.default_rng((self.seed, self.epoch, idx))
             rgb, lab = augment_tile(rgb, lab, (r, c), self.tile, rng)
             if self.target_stain == "ihc":
-                from bcpath.nuclei.ihc_render import render_ihc
+                from bcpath.stain.ihc_render import render_ihc
 
                 rgb = render_ihc(rgb, lab, rng)
             return rgb, lab
@@ -432,223 +390,13 @@ class NucleiTileDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
         rgb, lab = self.tile_arrays(idx)
         item = (
-            _to_input(rgb),
+            to_input(rgb),
             torch.from_numpy(encode_targets(lab)),
             torch.from_numpy(unet_weight_map(lab, w0=W0, sigma=SIGMA_PX)),
         )
         if not self.augment:
             self._cache[idx] = item
         return item
-
-
-# --------------------------------------------------------------------------- model
-
-
-def build_model(
-    architecture: dict[str, Any], pretrained_encoder: str | os.PathLike[str] | None = None
-) -> nn.Module:
-    """Model from ``architecture``: ``{"encoder": "plain", "depth": d, "base": b}`` (a
-    from-scratch :class:`PlainUNet`) or ``{"encoder": <torchvision name>}`` (:class:`UNet`)."""
-    from bcpath.nuclei.unet import ENCODERS, PlainUNet, UNet
-
-    encoder = architecture["encoder"]
-    if encoder == "plain":
-        if pretrained_encoder is not None:
-            raise BcpathError(
-                "encoder 'plain' is trained from scratch; pretrained_encoder does not apply"
-            )
-        return PlainUNet(
-            int(architecture.get("in_channels", 3)),
-            int(architecture.get("n_classes", 3)),
-            depth=int(architecture.get("depth", 4)),
-            base=int(architecture.get("base", 16)),
-            dropout=float(architecture.get("dropout", 0.1)),
-        )
-    if encoder not in ENCODERS:
-        raise BcpathError(
-            f"unknown encoder {encoder!r}; use 'plain' or one of {', '.join(ENCODERS)}"
-        )
-    if pretrained_encoder is not None and not Path(pretrained_encoder).is_file():
-        raise BcpathError(
-            f"pretrained encoder {pretrained_encoder}: no such file (weights are never downloaded)"
-        )
-    return UNet(
-        encoder, int(architecture.get("n_classes", 3)), int(architecture.get("in_channels", 3)),
-        encoder_weights=pretrained_encoder,
-    )
-
-
-@dataclass
-class NucleiModel:
-    """A trained model ready for :func:`predict_instances`."""
-
-    model: nn.Module
-    mpp: float
-    tile: int
-    threshold: float
-    min_area_px: int
-    normaliser: StainNormaliser | None
-    architecture: dict[str, Any]
-    device: str = "cpu"
-    #: average the probabilities of the 8 rotations/flips of each tile (8x the compute)
-    tta: bool = False
-    #: "interior_boundary" (3 class maps) or "distance" (+ a distance map; :mod:`bcpath.nuclei.maps`)
-    decoding: str = "interior_boundary"
-
-
-def _hann(tile: int) -> NDArray[np.float32]:
-    w = np.sin(np.pi * (np.arange(tile) + 0.5) / tile) ** 2
-    return np.outer(w, w).astype(np.float32)
-
-
-@torch.no_grad()
-def predict_probabilities(
-    bundle: NucleiModel, rgb: NDArray[np.uint8], batch_size: int = 4
-) -> NDArray[np.float32]:
-    """(3, H, W) class probabilities of an (H, W, 3) image already at model µm/px and normalised.
-
-    Tiles of ``bundle.tile`` px at 50 % overlap, blended with a Hann window; images smaller
-    than a tile are reflect-padded and cropped back. With ``bundle.tta`` each tile's
-    probabilities are the mean over its 4 rotations × 2 flips (test-time augmentation).
-    """
-    t = bundle.tile
-    h, w = rgb.shape[:2]
-    ph, pw = max(t - h, 0), max(t - w, 0)
-    padded = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
-    H, W = padded.shape[:2]
-    acc = np.zeros((int(bundle.architecture.get("n_classes", 3)), H, W), dtype=np.float32)
-    wsum = np.zeros((H, W), dtype=np.float32)
-    win = _hann(t)
-    origins = tile_grid((H, W), t, PREDICT_OVERLAP)
-    bundle.model.eval()
-    for k in range(0, len(origins), batch_size):
-        chunk = origins[k : k + batch_size]
-        x = torch.stack([_to_input(padded[r : r + t, c : c + t]) for r, c in chunk]).to(
-            bundle.device
-        ).contiguous(memory_format=torch.channels_last)
-        p = _tile_probabilities(bundle, x)
-        for (r, c), pk in zip(chunk, p, strict=True):
-            acc[:, r : r + t, c : c + t] += pk * win
-            wsum[r : r + t, c : c + t] += win
-    return (acc / wsum)[:, :h, :w]
-
-
-@torch.no_grad()
-def _tile_probabilities(bundle: NucleiModel, x: torch.Tensor) -> NDArray[np.float32]:
-    """(B, 3, T, T) softmax of a (B, 3, T, T) input batch; the dihedral mean with ``bundle.tta``."""
-    from bcpath.nuclei.maps import maps_from_logits
-
-    if not bundle.tta:
-        return maps_from_logits(bundle.model(x)).cpu().numpy()
-    total: torch.Tensor | None = None
-    for k, flip in itertools.product(range(4), (False, True)):
-        view = torch.rot90(x, k, dims=(2, 3))
-        view = torch.flip(view, dims=(3,)) if flip else view
-        p = maps_from_logits(bundle.model(view)).cpu()
-        p = torch.flip(p, dims=(3,)) if flip else p
-        p = torch.rot90(p, -k, dims=(2, 3))
-        total = p if total is None else total + p
-    assert total is not None
-    return (total / 8).numpy()
-
-
-def predict_instances(
-    bundle: NucleiModel, rgb: NDArray[np.uint8], mpp: float, threshold: float | None = None
-) -> NDArray[np.int32]:
-    """(H, W) int32 instance labels (0 = background) of an (H, W, 3) uint8 RGB image at ``mpp`` µm/px.
-
-    Resampled to the model µm/px, stain-normalised with the saved fit, segmented, and decoded
-    at the input's own size (:func:`decode_at_size`; the model's threshold unless
-    ``threshold`` is given).
-    """
-    image = np.asarray(rgb)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise BcpathError(
-            f"predict_instances: expected (H, W, 3) uint8 RGB, got {image.dtype} {image.shape}"
-        )
-    if not (mpp > 0 and math.isfinite(mpp)):
-        raise BcpathError(f"predict_instances: µm/px must be positive, got {mpp}")
-    small = resample_rgb(image, mpp, bundle.mpp)
-    if bundle.normaliser is not None:
-        small = bundle.normaliser.normalise(small)
-    probs = predict_probabilities(bundle, small)
-    thr = bundle.threshold if threshold is None else threshold
-    if bundle.decoding != "interior_boundary":
-        from bcpath.nuclei.maps import decode_maps
-
-        return decode_maps(probs, image.shape[:2], bundle.decoding, thr, bundle.min_area_px)
-    return decode_at_size(probs, image.shape[:2], thr, bundle.min_area_px)
-
-
-def decode_at_size(
-    probs: NDArray[np.float32], shape: tuple[int, int], threshold: float, min_area_px: int
-) -> NDArray[np.int32]:
-    """(H, W) int32 instances from (3, h, w) model-resolution probabilities, decoded at ``shape``.
-
-    The probabilities are resampled to (H, W) first (linear up, area down; centre-aligned)
-    and :func:`bcpath.nuclei.targets.instances_from_probabilities` runs there, with
-    ``min_area_px`` (model px) scaled by the area ratio. Decoding a 0.25 µm/px image at its
-    own size rather than upsampling labels decoded at 0.5 µm/px follows nucleus outlines to
-    the finer pixel (validation mAP +0.014, AJI +0.006).
-    """
-    from bcpath.nuclei.targets import instances_from_probabilities
-
-    resized, min_area = _probabilities_at_size(probs, shape, min_area_px)
-    return instances_from_probabilities(resized, threshold, min_area)
-
-
-def _probabilities_at_size(
-    probs: NDArray[np.float32], shape: tuple[int, int], min_area_px: int
-) -> tuple[NDArray[np.float32], int]:
-    """(3, H, W) probabilities resampled to ``shape`` and ``min_area_px`` scaled to match."""
-    h, w = probs.shape[1:]
-    H, W = int(shape[0]), int(shape[1])
-    if (h, w) == (H, W):
-        return probs, min_area_px
-    interp = cv2.INTER_LINEAR if H * W > h * w else cv2.INTER_AREA
-    resized = np.stack(
-        [cv2.resize(np.ascontiguousarray(c), (W, H), interpolation=interp) for c in probs]
-    ).astype(np.float32)
-    return resized, max(1, int(round(min_area_px * (H * W) / (h * w))))
-
-
-def load_nuclei_model(
-    path: str | Path, device: str | None = None, checkpoint: str = "best.pt", tta: bool = False
-) -> NucleiModel:
-    """Load a training output folder (or its ``best.pt`` / ``last.pt``, next to ``train.json``);
-    ``device``: None = CUDA when available, else CPU; ``tta``: predict with test-time
-    augmentation (:attr:`NucleiModel.tta`)."""
-    device = str(choose_device(device))
-    path = Path(path)
-    folder, weights = (path, path / checkpoint) if path.is_dir() else (path.parent, path)
-    meta_path = folder / "train.json"
-    if not weights.is_file() or not meta_path.is_file():
-        raise BcpathError(
-            f"nuclei model {path}: expected a training folder with {checkpoint} and train.json "
-            "(written by bcpath nuclei train)"
-        )
-    meta = json.loads(meta_path.read_text())
-    # best.pt is checked against train.json's best_sha256 (last.pt has no recorded sha256).
-    expected = meta.get("best_sha256") if weights.name == "best.pt" else None
-    state = load_checked_state_dict(
-        weights, expected or None, f"nuclei model {folder}", expected_from="train.json best_sha256",
-        fix="the file is damaged or from another run: copy best.pt and train.json together",
-    )  # fmt: skip
-    model = build_model(meta["architecture"])
-    model.load_state_dict(state)
-    # channels_last: 1.4x faster convolutions on one CPU thread (bench/nuclei.py), same outputs
-    # to float rounding
-    model.to(device).to(memory_format=torch.channels_last).eval()
-    stain_path = folder / "stain.json"
-    # An IHC model was trained on re-rendered images and takes IHC as it is.
-    normalise_input = meta.get("stain_normalisation") and meta.get("target_stain", "he") == "he"
-    normaliser = StainNormaliser.load(stain_path) if normalise_input else None
-    decoding = str(meta.get("decoding", meta["architecture"].get("decoding", "interior_boundary")))
-    return NucleiModel(
-        model, float(meta["mpp"]), int(meta["tile"]), float(meta["threshold"]),
-        int(meta.get("min_area_px", MIN_AREA_PX)), normaliser, meta["architecture"], device, tta,
-        decoding,
-    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- training
@@ -699,7 +447,7 @@ def validate_thresholds(
     for im in images:
         gt = im.original_labels if im.original_labels is not None else im.labels
         # resampled once per image, decoded per threshold (as decode_at_size does)
-        probs, min_area = _probabilities_at_size(
+        probs, min_area = probabilities_at_size(
             predict_probabilities(bundle, im.rgb), gt.shape, bundle.min_area_px
         )
         for t in thresholds:
@@ -946,40 +694,6 @@ def _initialise_from(
     return {"path": os.fspath(path), "sha256": file_sha256(weights)}
 
 
-def train_nuclei_model_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
-    """Rule train_nuclei_model: dataset folders → results/models/nuclei/{best.pt, last.pt, train.json, log.csv, stain.json}."""
-    from bcpath.settings import from_params
-
-    settings = from_params(NucleiTrainSettings, params.training)
-    folders = list(input.data)
-    if not folders:
-        raise BcpathError(
-            "train_nuclei_model: nuclei.training.data lists no dataset folder; give MoNuSeg- or "
-            "CPM-15-layout folders, e.g. --config nuclei='{training: {data: [/data/monuseg]}}'"
-        )
-    device = choose_device(settings.device)
-    with torch_threads(threads, device):
-        train_nuclei_model(
-            folders,
-            Path(output.weights).parent,
-            encoder=settings.encoder,
-            pretrained_encoder=settings.pretrained_encoder,
-            init_from=settings.init_from,
-            target_stain=settings.target_stain,
-            epochs=settings.epochs,
-            batch_size=settings.batch_size,
-            lr=settings.lr,
-            patience=settings.patience,
-            max_minutes=settings.max_minutes,
-            val_organs=settings.val_organs,
-            val_names=settings.val_names,
-            plain_base=settings.plain_base,
-            seed=settings.seed,
-            model_mpp=float(params.mpp),
-            device=str(device),
-        )
-
-
 def evaluate_dataset(folders: Sequence[str | Path], segmenter: Any) -> pd.DataFrame:
     """Seed 2's Table 2 for annotated dataset folders: one row per image, then the mean.
 
@@ -1006,18 +720,3 @@ def evaluate_dataset(folders: Sequence[str | Path], segmenter: Any) -> pd.DataFr
     return table
 
 
-def evaluate_dataset_step(input: Any, output: Any, params: Any, **_: Any) -> None:
-    """Rule evaluate_nuclei: results/cohort/nuclei/evaluation.csv for nuclei.evaluation.data."""
-    from bcpath.nuclei.slide import get_segmenter
-
-    folders = list(input.data)
-    if not folders:
-        raise BcpathError(
-            "evaluate_nuclei: nuclei.evaluation.data lists no dataset folder; give annotated MoNuSeg- or CPM-15-layout folders"
-        )
-    table = evaluate_dataset(folders, get_segmenter(params.model))
-    with atomic_path(output.csv) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.4f")
-    if len(table):
-        mean = table.iloc[-1]
-        logger.info("nuclei %s on %d images: AJI %.3f, mAP %.3f, PQ %.3f", params.model, len(table) - 1, mean["aji"], mean["map"], mean["pq"])

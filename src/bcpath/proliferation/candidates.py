@@ -45,7 +45,7 @@ class CandidateParams:
 
 def hematoxylin_od(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
     """(H, W) hematoxylin optical density of an (H, W, 3) uint8 H&E image."""
-    from bcpath.nuclei.ihc_render import hematoxylin_from_he
+    from bcpath.stain.ihc_render import hematoxylin_from_he
 
     return hematoxylin_from_he(rgb)[0].astype(np.float32)
 

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from bcpath.errors import BcpathError
+from bcpath.images import IMAGE_SUFFIXES
 
 if TYPE_CHECKING:
     import torch
@@ -44,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_COLUMNS = ("x", "y", "probability", "atypical_probability")
 OUTPUT_SUFFIX = ".mitoses.csv"
-TRUTH_IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 MPP_TOLERANCE = 1.1
 """An image up to 10 % coarser than the model's µm/px is upsampled; coarser ones are refused."""
 
@@ -95,7 +95,7 @@ def resolve_model(model: str, registry: str | Path | None = None, device: str | 
 def detect_file(path: Path, spec: ModelSpec, model: torch.nn.Module, mpp: float | None, threshold: float) -> pd.DataFrame:
     """Detections of one image file, x/y in the file's pixels (:data:`OUTPUT_COLUMNS`)."""
     from bcpath.images import MPP_RANGE, image_mpp, read_uint8_image
-    from bcpath.nuclei.training import resample_rgb
+    from bcpath.nuclei.predict import resample_rgb
     from bcpath.proliferation.mitosis import DetectionParams, detect_in_image
 
     image = read_uint8_image(path)
@@ -176,7 +176,7 @@ def read_truth(folder: Path) -> dict[str, np.ndarray]:
         stem = _stem(path)
         if path.suffix.lower() == ".csv":
             points = read_points(path)
-        elif path.suffix.lower() in TRUTH_IMAGE_SUFFIXES:
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
             h, w = read_array(path).shape[:2]
             points = np.array([[(w - 1) / 2.0, (h - 1) / 2.0]])
         else:

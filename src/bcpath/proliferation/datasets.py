@@ -80,8 +80,8 @@ def image_area_mm2(image: NucleiImage, mpp: float) -> float:
 
 
 def resample_to(rgb: NDArray[np.uint8], mpp: float, model_mpp: float) -> NDArray[np.uint8]:
-    """``rgb`` at ``mpp`` → the model's µm/px (area down, linear up; see nuclei.training)."""
-    from bcpath.nuclei.training import resample_rgb
+    """``rgb`` at ``mpp`` → the model's µm/px (area down, linear up; see nuclei.predict)."""
+    from bcpath.nuclei.predict import resample_rgb
 
     return resample_rgb(rgb, mpp, model_mpp)
 

@@ -102,7 +102,7 @@ def augment_crop(image: NDArray[np.uint8], rng: np.random.Generator, size: int) 
     """One random training view (size, size, 3) uint8 of an (S, S, 3) crop (see module doc)."""
     import cv2
 
-    from bcpath.nuclei.ihc_render import HE_EOSIN, HE_HEMATOXYLIN
+    from bcpath.stain.ihc_render import HE_EOSIN, HE_HEMATOXYLIN
 
     s = image.shape[0]
     scale = float(rng.uniform(0.85, 1.15))

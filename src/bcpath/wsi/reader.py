@@ -1,9 +1,11 @@
 """Read whole-slide images at any target resolution (µm/px).
 
-``open_slide`` tries OpenSlide first and falls back to tifffile for plain or single-level
-TIFFs that OpenSlide cannot open. Both backends give the same ``Slide`` interface:
-``read_region(x0, y0, width, height, mpp)`` returns an (height, width, 3) uint8 RGB array
-at the requested µm/px, read from the best pyramid level and resampled with area averaging.
+``open_slide`` chooses the backend by file suffix: a plain image (:data:`IMAGE_FILE_SUFFIXES`:
+PNG, JPEG; e.g. a single TMA core) is held in memory as one level; anything else is tried with
+OpenSlide first, then tifffile for plain or single-level TIFFs that OpenSlide cannot open. All
+backends give the same ``Slide`` interface: ``read_region(x0, y0, width, height, mpp)`` returns
+an (height, width, 3) uint8 RGB array at the requested µm/px, read from the best pyramid level
+and resampled with area averaging (a plain image: one affine warp of the whole image).
 
 µm/px comes from the file, else from the caller (sample sheet), else from an explicit
 ``default_mpp`` fallback; otherwise ``SlideError`` says how to fix it. Slides are opened
@@ -25,10 +27,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from bcpath.errors import SlideError
+from bcpath.images import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".svslide", ".bif")
+#: Files read whole into memory by the plain-image backend: the image suffixes that are not
+#: slide extensions (.png, .jpg, .jpeg).
+IMAGE_FILE_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s not in SLIDE_EXTENSIONS)
 
 # Resolution tags in inch/cm that equal these dpi values are scanner-software defaults,
 # not a measurement; treating them as µm/px would be a silent guess.
@@ -338,6 +344,52 @@ class _TiffBackend:
         self._tif.close()
 
 
+class _ImageBackend:
+    """A plain image file (PNG/JPEG, e.g. one TMA core) held in memory: one level, level 0 = the
+    image's pixels. RGBA is composited on white and 16-bit scaled to 0-255
+    (:func:`bcpath.images.read_uint8_image`); a grayscale image is refused. Regions are resampled
+    in one affine warp of the image (:meth:`warp_region`), which :meth:`Slide.read_region` uses
+    instead of reading a level and resizing it."""
+
+    name = "image"
+
+    def __init__(self, path: Path, slide_id: str) -> None:
+        from bcpath.images import read_uint8_image
+
+        image = read_uint8_image(path)
+        if image.ndim != 3:
+            raise SlideError(slide_id, f"{path} is a grayscale image", "IHC scoring needs the RGB scan of the core")
+        self._image = np.ascontiguousarray(image[..., :3])
+        self.level_dimensions = [(int(self._image.shape[1]), int(self._image.shape[0]))]
+        self.level_downsamples = [1.0]
+
+    def read_level(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
+        image_h, image_w = self._image.shape[:2]
+        out = np.full((height, width, 3), 255, dtype=np.uint8)
+        sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + width, image_w), min(y0 + height, image_h)
+        if sx1 > sx0 and sy1 > sy0:
+            out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = self._image[sy0:sy1, sx0:sx1]
+        return out
+
+    def warp_region(self, x0: float, y0: float, width: int, height: int, scale: float) -> np.ndarray:
+        """(height, width, 3) uint8 from level-0 (x0, y0) at ``scale`` output px per image px;
+        outside the image is white."""
+        import cv2
+
+        matrix = np.array([[scale, 0.0, -x0 * scale], [0.0, scale, -y0 * scale]], np.float32)
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        return cv2.warpAffine(self._image, matrix, (int(width), int(height)), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=(255, 255, 255))
+
+    def properties(self) -> dict[str, str]:
+        return {}
+
+    def file_mpp(self) -> float | None:
+        return None  # PNG and JPEG carry no µm/px that bcpath reads
+
+    def close(self) -> None:
+        pass
+
+
 def _rgba_to_rgb_on_white(rgba: np.ndarray) -> np.ndarray:
     """(H, W, 4) uint8 RGBA → (H, W, 3) uint8 RGB composited on white.
 
@@ -468,6 +520,9 @@ class Slide:
         """
         import cv2
 
+        warp = getattr(self._backend, "warp_region", None)
+        if warp is not None:  # a plain image in memory (_ImageBackend)
+            return np.asarray(warp(x0, y0, width, height, self.mpp / mpp))
         level = self.best_level_for_mpp(mpp)
         scale = mpp / self.level_mpp(level)  # level pixels per output pixel (>= ~1)
         if math.isclose(scale, round(scale), rel_tol=1e-9, abs_tol=1e-9):
@@ -553,6 +608,8 @@ def _open_backend(path: Path, slide_id: str, fast_tiff: bool = True) -> _Backend
     size = path.stat().st_size
     if size == 0:
         raise SlideError(slide_id, f"{path} is empty (0 bytes)", "copy the slide again; the transfer or export did not finish")
+    if path.suffix.lower() in IMAGE_FILE_SUFFIXES:
+        return _ImageBackend(path, slide_id)
     errors: list[str] = []
     try:
         return _OpenSlideBackend(path, fast_tiff=fast_tiff)
@@ -581,7 +638,8 @@ def open_slide(
     """Open a slide read-only and settle its level-0 µm/px.
 
     Args:
-        path: slide file.
+        path: slide file, or a plain image (:data:`IMAGE_FILE_SUFFIXES`), which has no µm/px of
+            its own: give ``mpp`` (or ``default_mpp``).
         slide_id: name for messages; defaults to the file stem.
         mpp: µm/px from the sample sheet, used only when the file has none.
         default_mpp: explicit config fallback, used when neither file nor sheet has one.
@@ -592,7 +650,7 @@ def open_slide(
             the environment variable BCPATH_FAST_TIFF is 0/false/no/off.
 
     Raises:
-        SlideError: unreadable file, or no µm/px anywhere.
+        SlideError: unreadable file (or grayscale plain image), or no µm/px anywhere.
     """
     path = Path(path)
     slide_id = slide_id or path.stem
@@ -611,6 +669,12 @@ def open_slide(
         resolved, source = float(default_mpp), "default_mpp"
     else:
         backend.close()
+        if backend.name == "image":
+            raise SlideError(
+                slide_id,
+                f"no µm/px for the image {path} (PNG and JPEG files carry none)",
+                "add an `mpp` column to the sample sheet, e.g. 0.5 for 20x",
+            )
         raise SlideError(
             slide_id,
             f"no µm/px in the file {path}",

@@ -1,4 +1,4 @@
-"""Interpretability steps (bcpath.erpr.interpret_steps) on two small demo slides, untrained model."""
+"""Interpretability steps (bcpath.erpr.interpret_reports) on two small demo slides, untrained model."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from bcpath.erpr.inference import predict_slide, write_predictions
-from bcpath.erpr.interpret_steps import (
+from bcpath.erpr.interpret_reports import (
     cluster_report,
     cohort_predictions,
     read_patches,

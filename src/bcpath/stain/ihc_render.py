@@ -20,7 +20,7 @@ detector ``models/ihc_nuclei`` (:mod:`bcpath.ihc.nuclei_net`) is trained on it f
 DeepLIIF tiles it reaches mean F1 0.646 within 8 px, below the OD-sum detector's 0.664
 (:mod:`bcpath.ihc.odsum`, the default), so it is shipped but not the default.
 
-Units: stain amounts are optical densities (OD, log10), as in :mod:`bcpath.ihc.deconvolution`.
+Units: stain amounts are optical densities (OD, log10), as in :mod:`bcpath.stain.deconvolution`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from bcpath.ihc.deconvolution import QUPATH_DAB, QUPATH_HEMATOXYLIN, StainVectors, separate_stains
+from bcpath.stain.deconvolution import QUPATH_DAB, QUPATH_HEMATOXYLIN, StainVectors, separate_stains
 
 #: Ruifrok & Johnston's H&E OD vectors (hematoxylin, eosin), as in scikit-image's rgb2hed.
 HE_HEMATOXYLIN = np.array([0.65, 0.70, 0.29])

@@ -1,4 +1,4 @@
-"""Optical density, colour deconvolution, stain vectors and LAMT (bcpath.ihc.deconvolution)."""
+"""Optical density, colour deconvolution, stain vectors and LAMT (bcpath.stain.deconvolution)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import pytest
 from skimage import data
 from skimage.color import rgb2hed
 
-from bcpath.ihc.deconvolution import (
+from bcpath.ihc.evaluate import load_deepliif
+from bcpath.images import is_grayscale
+from bcpath.stain.deconvolution import (
     DAB_CHANNEL,
     H_CHANNEL,
     RESIDUAL_CHANNEL,
@@ -16,7 +18,6 @@ from bcpath.ihc.deconvolution import (
     estimate_stain_vectors,
     estimate_white,
     get_stain_vectors,
-    is_grayscale,
     lamt,
     luminance,
     od_to_rgb,
@@ -27,7 +28,6 @@ from bcpath.ihc.deconvolution import (
     separate_stains,
     stain_intensity_image,
 )
-from bcpath.ihc.evaluate import load_deepliif
 
 
 def _unit(v):

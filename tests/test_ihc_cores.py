@@ -1,4 +1,4 @@
-"""IHC TMA steps: the demo TMA's planted truth, dearraying, per-core scoring and the cohort table."""
+"""IHC TMA cores (bcpath.ihc.cores): the demo TMA's planted truth, dearraying, per-core scoring and the cohort table."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 
 from bcpath.demo.tma import CLASS_DAB, TMA_MISSING, class_proportions, core_id, make_demo_tma
 from bcpath.errors import BcpathError
-from bcpath.ihc import steps
+from bcpath.ihc import cores as ihc_cores
 from bcpath.ihc.score import INTENSITY_THRESHOLDS
+from bcpath.wsi import open_slide
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_dearraying_by_brightness_finds_every_planted_core(demo_tma):
     out, record = demo_tma
     truth = pd.read_csv(out / "truth/tma_ihc_01.cores.csv").set_index("core_id")
     with open_slide(out / record["path"], "tma_ihc_01") as slide:
-        cores = steps.dearray_slide(slide, steps.core_mask(slide.thumbnail(8.0)), 8.0, {"core_diameter_um": 600.0}).set_index("core_id")
+        cores = ihc_cores.dearray_slide(slide, ihc_cores.core_mask(slide.thumbnail(8.0)), 8.0, {"core_diameter_um": 600.0}).set_index("core_id")
     assert sorted(cores.index[~cores.missing]) == sorted(truth.index)
     assert list(cores.index[cores.missing]) == ["B4"]
     offset_um = np.hypot(cores.loc[truth.index, "x"] - truth.x, cores.loc[truth.index, "y"] - truth.y) * 0.5
@@ -71,14 +72,14 @@ def test_cell_scoring_of_demo_cores_matches_the_planted_h_score(demo_tma):
 
     out, record = demo_tma
     truth = pd.read_csv(out / record["core_scores"]).set_index("core_id")
-    rings = steps.tumor_polygons(str(out / record["annotations"]), ["Tumor"])
+    rings = ihc_cores.tumor_polygons(str(out / record["annotations"]), ["Tumor"])
     ihc = {"mpp": 0.5, "stains": "liu2019", "min_cells": 50}
     lowest, highest = truth.h_score.idxmin(), truth.h_score.idxmax()
     middle = (truth.h_score - 150).abs().idxmin()
     with open_slide(out / record["path"], "tma_ihc_01") as slide:
         for core in (lowest, middle, highest):
             row = truth.loc[core].to_dict() | {"core_id": core, "diameter_um": 600.0}
-            scored = steps.score_tma_core(slide, row, ihc, rings, min_blur_score=15.0)["row"]
+            scored = ihc_cores.score_tma_core(slide, row, ihc, rings, min_blur_score=15.0)["row"]
             assert scored["h_score_cells"] == pytest.approx(truth.loc[core, "h_score"], abs=15), core
             assert scored["tumor_fraction"] == pytest.approx(truth.loc[core, "tumor_fraction"], abs=0.05), core
             assert scored["n_cells"] == pytest.approx(truth.loc[core, "n_tumor_cells"], rel=0.1), core
@@ -88,7 +89,7 @@ def test_cell_scoring_of_demo_cores_matches_the_planted_h_score(demo_tma):
 def test_rasterised_tumor_polygons_keep_their_holes():
     outer = np.array([[0, 0], [100, 0], [100, 100], [0, 100], [0, 0]], float)
     hole = np.array([[40, 40], [60, 40], [60, 60], [40, 60], [40, 40]], float)
-    mask = steps._rasterise([[outer, hole]], x0=0, y0=0, scale=0.5, shape=(60, 60))
+    mask = ihc_cores._rasterise([[outer, hole]], x0=0, y0=0, scale=0.5, shape=(60, 60))
     assert mask[10, 10] and not mask[25, 25] and not mask[55, 55]
     assert mask.sum() == pytest.approx(50 * 50 - 10 * 10, rel=0.05)
 
@@ -102,10 +103,10 @@ def test_tumor_polygons_read_only_the_named_classes(tmp_path):
         {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [square["coordinates"]] * 2}, "properties": {"classification": {"name": "Tumor"}}},
     ]
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    assert len(steps.tumor_polygons(str(path), ["Tumor", "Tumour"])) == 3
+    assert len(ihc_cores.tumor_polygons(str(path), ["Tumor", "Tumour"])) == 3
     path.write_text("{not json")
     with pytest.raises(BcpathError, match="not readable GeoJSON"):
-        steps.tumor_polygons(str(path), ["Tumor"])
+        ihc_cores.tumor_polygons(str(path), ["Tumor"])
 
 
 def test_a_large_dark_area_is_a_probable_fold_but_dark_nuclei_are_not():
@@ -115,17 +116,17 @@ def test_a_large_dark_area_is_a_probable_fold_but_dark_nuclei_are_not():
     for y in range(10, 400, 26):
         for x in range(10, 400, 26):
             cv2.circle(nuclei, (x, y), 8, 2.0, -1)  # OD 2 nuclei, 8 µm wide, 13 µm apart
-    assert steps.fold_fraction(nuclei + 0.3, tissue, mpp) == 0.0
+    assert ihc_cores.fold_fraction(nuclei + 0.3, tissue, mpp) == 0.0
     folded = nuclei + 0.3
     folded[100:300, 100:300] = 1.8  # 100 × 100 µm of doubled tissue
-    assert steps.fold_fraction(folded, tissue, mpp) > steps.FOLD_MIN_FRACTION
+    assert ihc_cores.fold_fraction(folded, tissue, mpp) > ihc_cores.FOLD_MIN_FRACTION
 
 
 def test_core_mask_separates_pale_cores_from_glass():
     thumb = np.full((120, 160, 3), 242, np.uint8)
     cv2.circle(thumb, (40, 60), 25, (205, 200, 225), -1)  # pale blue stroma core
     cv2.circle(thumb, (110, 60), 25, (200, 180, 170), -1)  # brownish core
-    mask = steps.core_mask(thumb)
+    mask = ihc_cores.core_mask(thumb)
     assert mask[60, 40] and mask[60, 110] and not mask[5, 5]
     assert mask.sum() == pytest.approx(2 * np.pi * 25**2, rel=0.1)
 
@@ -133,15 +134,15 @@ def test_core_mask_separates_pale_cores_from_glass():
 def test_reference_scores_are_checked(tmp_path):
     good = tmp_path / "good.csv"
     good.write_text("core_id,h_score\nA1,120\nA2,\n")
-    table = steps.read_reference_scores(str(good), "s1")
+    table = ihc_cores.read_reference_scores(str(good), "s1")
     assert list(table.reference_h_score.isna()) == [False, True] and (table.slide_id == "s1").all()
     bad = tmp_path / "bad.csv"
     bad.write_text("core_id,reference_h_score\nA1,320\n")
     with pytest.raises(BcpathError, match="outside 0-300"):
-        steps.read_reference_scores(str(bad), "s1")
+        ihc_cores.read_reference_scores(str(bad), "s1")
     (tmp_path / "cols.csv").write_text("core,score\nA1,1\n")
     with pytest.raises(BcpathError, match="lacks column"):
-        steps.read_reference_scores(str(tmp_path / "cols.csv"), "s1")
+        ihc_cores.read_reference_scores(str(tmp_path / "cols.csv"), "s1")
 
 
 def test_hscore_table_uses_held_out_predictions_for_reference_cores(tmp_path):
@@ -156,11 +157,11 @@ def test_hscore_table_uses_held_out_predictions_for_reference_cores(tmp_path):
     )
     cv = tmp_path / "cv.csv"
     pd.DataFrame({"slide_id": ["s", "s"], "core_id": ["A1", "A2"], "fold": [0, 1], "reference": [110, 190], "predicted": [105.0, 185.0]}).to_csv(cv, index=False)
-    ramcnn = steps.ramcnn_predictions(cores, None, str(cv))
-    table = steps.build_hscore_table(cores, ramcnn)
-    assert list(table.columns[: len(steps.HSCORE_COLUMNS)]) == list(steps.HSCORE_COLUMNS)
+    ramcnn = ihc_cores.ramcnn_predictions(cores, None, str(cv))
+    table = ihc_cores.build_hscore_table(cores, ramcnn)
+    assert list(table.columns[: len(ihc_cores.HSCORE_COLUMNS)]) == list(ihc_cores.HSCORE_COLUMNS)
     assert list(table.ramcnn_source) == ["cv_fold_0", "cv_fold_1", ""]
-    agreement = steps.h_score_agreement(table)
+    agreement = ihc_cores.h_score_agreement(table)
     assert agreement["h_score_cells"]["mae"] == pytest.approx(10.0)
     assert agreement["h_score_ramcnn"]["mae"] == pytest.approx(5.0)
     assert "npz" not in table.columns
@@ -171,20 +172,20 @@ def test_a_core_that_fails_is_flagged_and_the_others_are_scored(tmp_path, monkey
     from skimage import data
 
     Image.fromarray(data.immunohistochemistry()).save(tmp_path / "core.png")
-    slide = steps.ImageSlide(tmp_path / "core.png", "img", 0.5)
-    cores = pd.concat([steps.core_image_table(slide), steps.core_image_table(slide).assign(core_id="bad")], ignore_index=True)
-    real = steps.score_tma_core
+    slide = open_slide(tmp_path / "core.png", "img", 0.5)
+    cores = pd.concat([ihc_cores.core_image_table(slide), ihc_cores.core_image_table(slide).assign(core_id="bad")], ignore_index=True)
+    real = ihc_cores.score_tma_core
 
     def flaky(slide, core, *args, **kwargs):
         if core["core_id"] == "bad":
             raise BcpathError("core bad: cannot be read")
         return real(slide, core, *args, **kwargs)
 
-    monkeypatch.setattr(steps, "score_tma_core", flaky)
+    monkeypatch.setattr(ihc_cores, "score_tma_core", flaky)
     ihc = {"mpp": 0.5, "stains": "liu2019", "min_cells": 50, "tumor_classes": ["Tumor"], "ramcnn": {"size": 64}}
-    table = steps.score_tma_slide(slide, cores, ihc, None, tmp_path / "s.parquet", tmp_path / "c.geojson", tmp_path / "cores")
+    table = ihc_cores.score_tma_slide(slide, cores, ihc, None, tmp_path / "s.parquet", tmp_path / "c.geojson", tmp_path / "cores")
     assert table.set_index("core_id").at["bad", "flags"] == "error"
     assert table.set_index("core_id").at["core", "n_cells"] > 100
     assert sorted(p.name for p in (tmp_path / "cores").iterdir()) == ["core"]
     with pytest.raises(BcpathError, match="no µm/px"):
-        steps.ImageSlide(tmp_path / "core.png", "img", None)
+        open_slide(tmp_path / "core.png", "img", None)

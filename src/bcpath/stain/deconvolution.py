@@ -36,8 +36,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bcpath.images import is_grayscale  # noqa: F401 (re-exported: the IHC API has always offered it)
-
 logger = logging.getLogger(__name__)
 
 I0 = 255.0

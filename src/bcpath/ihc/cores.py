@@ -1,4 +1,5 @@
-"""IHC TMA steps of the workflow: dearray a slide, score every core, gather the cohort table.
+"""IHC TMA cores: dearray a slide, score every core, gather the cohort table (the rules' steps
+are in :mod:`bcpath.steps.ihc`).
 
 Per IHC slide (``stain = IHC`` in the sample sheet)::
 
@@ -28,7 +29,9 @@ import pandas as pd
 
 from bcpath.errors import BcpathError
 from bcpath.geojson import classification_name, feature, polygon_rings, read_geojson
-from bcpath.io import atomic_dir, atomic_path, write_json
+from bcpath.images import laplacian_variance
+from bcpath.io import atomic_dir, atomic_path
+from bcpath.wsi import Slide
 
 logger = logging.getLogger(__name__)
 
@@ -57,63 +60,14 @@ CLASS_COLORS = ([112, 112, 225], [255, 215, 0], [255, 140, 0], [200, 0, 0])
 
 # --------------------------------------------------------------------------- core images
 
-#: Sheet rows with stain IHC whose file has one of these suffixes are single-core images.
-CORE_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-class ImageSlide:
-    """A single-core image (PNG/JPEG/TIFF) read like a slide: level 0 = the image's pixels.
-
-    Args:
-        path: image file; slide_id: name for messages; mpp: µm/px (the sheet's, else the TIFF
-            resolution tags).
-
-    Raises:
-        BcpathError: unreadable or grayscale image, no µm/px.
-    """
-
-    def __init__(self, path: str | Path, slide_id: str, mpp: float | None) -> None:
-        from bcpath.images import MPP_RANGE, image_mpp, read_uint8_image
-
-        self.slide_id = slide_id
-        self.path = Path(path)
-        image = read_uint8_image(self.path)
-        if image.ndim != 3:
-            raise BcpathError(f"slide {slide_id}: {path} is a grayscale image; IHC scoring needs the RGB scan of the core")
-        self.image = np.ascontiguousarray(image[..., :3])
-        found = mpp if mpp is not None else image_mpp(self.path)
-        if found is None:
-            raise BcpathError(
-                f"slide {slide_id}: image {path} has no µm/px (no TIFF resolution tags in {MPP_RANGE[0]}-{MPP_RANGE[1]}); "
-                "add an mpp column to the sample sheet, e.g. 0.5 for 20x"
-            )
-        self.mpp = float(found)
-        self.dimensions = (self.image.shape[1], self.image.shape[0])
-
-    def read_region(self, x0: float, y0: float, width: int, height: int, mpp: float) -> np.ndarray:
-        """(height, width, 3) uint8 at ``mpp`` from level-0 (x0, y0); outside the image is white."""
-        scale = self.mpp / mpp  # output px per image px
-        matrix = np.array([[scale, 0.0, -x0 * scale], [0.0, scale, -y0 * scale]], np.float32)
-        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        return cv2.warpAffine(self.image, matrix, (int(width), int(height)), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=(255, 255, 255))
-
-
-def core_image_table(slide: ImageSlide) -> pd.DataFrame:
-    """The one "core" of a single-core image: the whole image (``shape`` = "image")."""
+def core_image_table(slide: Slide) -> pd.DataFrame:
+    """The one "core" of a single-core image (a PNG/JPEG opened by :func:`bcpath.wsi.open_slide`
+    with its plain-image backend): the whole image (``shape`` = "image")."""
     width, height = slide.dimensions
     return pd.DataFrame(
         [{"slide_id": slide.slide_id, "core_id": "core", "row": pd.NA, "col": pd.NA, "x": width / 2, "y": height / 2,
           "diameter_um": max(width, height) * slide.mpp / 1.15, "missing": False, "shape": "image"}]
     ).astype({"row": "Int64", "col": "Int64"})
-
-
-def open_ihc_slide(input: Any, params: Any) -> Any:
-    """The rule's slide: an :class:`ImageSlide` for a single-core image, else the WSI."""
-    if getattr(params, "core_image", False):
-        return ImageSlide(input.slide, params.slide_id, params.mpp)
-    from bcpath.pipeline import open_from_info
-
-    return open_from_info(input.info, input.slide)
 
 
 # --------------------------------------------------------------------------- dearraying
@@ -153,27 +107,13 @@ def core_mask(thumbnail: np.ndarray) -> np.ndarray:
     """
     from scipy import ndimage
 
-    from bcpath.ihc.deconvolution import luminance, otsu_threshold
+    from bcpath.stain.deconvolution import luminance, otsu_threshold
 
     grey = cv2.medianBlur(np.clip(luminance(thumbnail), 0, 255).astype(np.uint8), 5).astype(np.float32)
     glass = float(np.percentile(grey, 99))
     threshold = min(otsu_threshold(grey.ravel()), glass - 8.0)
     mask = ndimage.binary_fill_holes(grey < threshold)
     return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
-
-
-def dearray_step(input: Any, output: Any, params: Any, **_: Any) -> None:
-    """Rule dearray_tma (a single-core image gives its one-row table)."""
-    slide = open_ihc_slide(input, params)
-    if isinstance(slide, ImageSlide):
-        cores = core_image_table(slide)
-    else:
-        mask_mpp = max(float(params.mask_mpp), slide.mpp)
-        mask = core_mask(slide.thumbnail(mask_mpp))
-        cores = dearray_slide(slide, mask, mask_mpp, params.ihc, params.core_map)
-    logger.info("%s: %d cores found, %d grid positions empty", slide.slide_id, int((~cores.missing).sum()), int(cores.missing.sum()))
-    with atomic_path(output.cores) as tmp:
-        cores.to_parquet(tmp, index=False)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -226,8 +166,7 @@ def blur_score(rgb: np.ndarray, tissue: np.ndarray, mpp: float) -> float:
         size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
         grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
         tissue = cv2.resize(tissue.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST_EXACT).astype(bool)
-    lap = cv2.Laplacian(grey.astype(np.float32), cv2.CV_32F)
-    return float(lap[tissue].var()) if tissue.sum() > 100 else float("nan")
+    return laplacian_variance(grey, tissue, float32=True) if tissue.sum() > 100 else float("nan")
 
 
 def fold_fraction(od_sum: np.ndarray, tissue: np.ndarray, mpp: float) -> float:
@@ -266,8 +205,8 @@ def score_tma_core(
         ``tumor`` (H, W) bool or None, ``roi`` (H, W) bool, ``score`` (CoreScore), ``x0``,
         ``y0`` (level-0 px of the window's top-left) and ``scale`` (window px per level-0 px).
     """
-    from bcpath.ihc.deconvolution import estimate_white, rgb_to_od
     from bcpath.ihc.score import TISSUE_OD, score_core
+    from bcpath.stain.deconvolution import estimate_white, rgb_to_od
 
     mpp = float(ihc["mpp"])
     diameter_um = float(core["diameter_um"])
@@ -374,7 +313,7 @@ def _core_feature(row: dict[str, Any], radius: float) -> dict[str, Any]:
 def core_stain_intensity(rgb: np.ndarray, stains: str) -> np.ndarray:
     """(H, W) float32 I_la of a core with the configured stain vectors and the core's own white
     (as cell scoring and SINI/SITI use), computed once for the overlay and the RAM-CNN inputs."""
-    from bcpath.ihc.deconvolution import estimate_white, get_stain_vectors, stain_intensity_image
+    from bcpath.stain.deconvolution import estimate_white, get_stain_vectors, stain_intensity_image
 
     return stain_intensity_image(rgb, stains=get_stain_vectors(stains), i0=estimate_white(rgb))
 
@@ -464,16 +403,6 @@ def score_tma_slide(
     return table
 
 
-def score_tma_step(input: Any, output: Any, params: Any, **_: Any) -> None:
-    """Rule score_tma."""
-    slide = open_ihc_slide(input, params)
-    cores = pd.read_parquet(input.cores)
-    score_tma_slide(
-        slide, cores, params.ihc, params.annotations, output.scores, output.geojson, output.cores,
-        min_blur_score=params.min_blur_score,
-    )
-
-
 # --------------------------------------------------------------------------- cohort table
 
 
@@ -527,13 +456,6 @@ def collect_cores(score_files: list[str], core_scores: dict[str, str | None]) ->
     for row in unknown.itertuples():
         logger.warning("core scores of slide %s name core %s, which the slide does not have; ignored", row.slide_id, row.core_id)
     return table.merge(references, on=["slide_id", "core_id"], how="left")
-
-
-def collect_cores_step(input: Any, output: Any, params: Any, **_: Any) -> None:
-    """Rule collect_ihc_cores: results/cohort/ihc/cores.csv."""
-    table = collect_cores(list(input.scores), dict(params.core_scores))
-    with atomic_path(output.table) as tmp:
-        table.to_csv(tmp, index=False)
 
 
 def ramcnn_predictions(table: pd.DataFrame, model_dir: str | None, cv_csv: str | None) -> pd.DataFrame:
@@ -638,17 +560,3 @@ def scatter_png(table: pd.DataFrame, path: str | Path) -> None:
     plt.close(fig)
 
 
-def aggregate_hscore_step(input: Any, output: Any, **_: Any) -> None:
-    """Rule aggregate_hscore: results/cohort/hscore.csv, agreement JSON and scatter plot."""
-    cores = pd.read_csv(input.cores, dtype={"core_id": str, "slide_id": str, "flags": str, "npz": str})
-    model = input.get("model") if hasattr(input, "get") else None
-    cv = input.get("cv") if hasattr(input, "get") else None
-    ramcnn = ramcnn_predictions(cores, model, cv) if model else None
-    table = build_hscore_table(cores, ramcnn)
-    with atomic_path(output.csv) as tmp:
-        table.to_csv(tmp, index=False)
-    agreement = h_score_agreement(table)
-    write_json(output.agreement, {"n_cores": int(len(table)), "metrics": agreement})
-    scatter_png(table, output.scatter)
-    for column, metrics in agreement.items():
-        logger.info("%s vs reference: MAE %.1f, SD %.1f, r %.3f (n=%d)", column, metrics["mae"], metrics["sd_error"], metrics["pearson_r"], metrics["n"])

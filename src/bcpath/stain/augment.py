@@ -1,6 +1,6 @@
 """Random stain and intensity augmentation of H&E tiles, on whatever device the batch is on.
 
-The alternative to Vahadane normalisation (:mod:`bcpath.nuclei.normalise`) for robustness to
+The alternative to Vahadane normalisation (:mod:`bcpath.stain.normalise`) for robustness to
 staining: instead of mapping every input onto one reference image, the network sees each
 training tile under a new random staining, so at inference it takes images as they are (no
 reference image). Per tile, in this order:

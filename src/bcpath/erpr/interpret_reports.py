@@ -1,7 +1,8 @@
 """Interpretability targets of the ER/PR/HER2 system (optional: ``snakemake interpret``).
 
-Gamble et al. 2021 explain their stage-1 models three ways; each is a cohort-level step here
-(the methods themselves are in :mod:`bcpath.erpr.interpret`):
+Gamble et al. 2021 explain their stage-1 models three ways; each is a cohort-level report here
+(the methods themselves are in :mod:`bcpath.erpr.interpret`, the rules' steps in
+:mod:`bcpath.steps.erpr`):
 
 - :func:`smoothgrad_report`: the ``top_k`` highest-scoring patches of each class over the
   cohort, each beside its SmoothGrad map → ``smoothgrad.png`` (one column per class) and
@@ -27,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from bcpath.engine import torch_threads
 from bcpath.errors import BcpathError
 
 logger = logging.getLogger(__name__)
@@ -42,8 +42,8 @@ def cohort_predictions(predictions: Sequence[str]) -> Any:
     """All slides' predictions in one table with a ``slide_id`` column (empty slides skipped)."""
     import pandas as pd
 
+    from bcpath.erpr.cohort import slide_of
     from bcpath.erpr.inference import read_predictions
-    from bcpath.erpr.steps import slide_of
 
     frames = []
     for path in predictions:
@@ -222,37 +222,3 @@ def tcav_report(
 # --- rule adapters ----------------------------------------------------------------------------
 
 
-def _model(input: Any, params: Any) -> tuple[Any, Any]:
-    from bcpath.erpr.steps import load_stage1_model
-
-    return load_stage1_model(params.registry, params.model_id, input.weights, input.get("train_json"))
-
-
-def smoothgrad_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
-    """Rule interpret_smoothgrad."""
-    with torch_threads(threads):
-        model, spec = _model(input, params)
-        settings = params.interpret
-        smoothgrad_report(model, spec, list(input.predictions), output.png, output.csv,
-                          top_k=int(settings["top_k"]), n_samples=int(settings["smoothgrad_samples"]),
-                          sigma=float(settings["smoothgrad_sigma"]), seed=int(settings["seed"]))
-
-
-def cluster_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
-    """Rule interpret_clusters."""
-    with torch_threads(threads):
-        model, spec = _model(input, params)
-        settings = params.interpret
-        by_biomarker = {b: [p for p in input.predictions if Path(p).stem == m] for b, m in params.models.items()}
-        cluster_report(model, spec, by_biomarker, params.embedding_biomarker, Path(output.hierarchy).parent,
-                       n_clusters=int(settings["n_clusters"]), max_patches_per_slide=int(settings["max_patches_per_slide"]),
-                       seed=int(settings["seed"]))
-
-
-def tcav_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
-    """Rule interpret_tcav."""
-    with torch_threads(threads):
-        model, spec = _model(input, params)
-        settings = params.interpret
-        tcav_report(model, spec, list(input.predictions), dict(settings["concepts"]), output.tcav,
-                    n_runs=int(settings["tcav_runs"]), n_random=int(settings["tcav_random_patches"]), seed=int(settings["seed"]))

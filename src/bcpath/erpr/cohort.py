@@ -1,7 +1,6 @@
-"""ER/PR/HER2 workflow steps: what each rule of rules/erpr.smk does, callable without Snakemake.
-
-Each ``*_step`` takes the job's named inputs/outputs/params (as :func:`bcpath.workflow.run_rule`
-passes them); the plain functions beside them do the work and are what tests and the CLI call.
+"""ER/PR/HER2 across the cohort: registry models, heatmap rendering, stage-2 training and
+evaluation. The rules of rules/erpr.smk call these from :mod:`bcpath.steps.erpr`; tests and the
+CLI call them directly.
 
 Files (DESIGN.md):
 
@@ -78,73 +77,7 @@ def load_stage1_model(registry_path: str | os.PathLike[str], model_id: str, weig
 
 
 # --------------------------------------------------------------------------------------------
-# Training
-
-
-def train_patch_classifier_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
-    """Rule train_patch_classifier: sample sheet + annotations → best.pt, train.json, log.csv."""
-    from bcpath.erpr.training import TrainConfig, train_patch_classifier
-    from bcpath.settings import from_params
-
-    spec = model_spec(params.registry, params.model_id)
-    pretrained = dict(params.training).get("pretrained")
-    config = from_params(TrainConfig, params.training, threads=threads)
-    result = train_patch_classifier(
-        spec, input.samples, params.biomarker, Path(output.weights).parent, config,
-        pretrained_path=pretrained, progress=True,
-    )
-    logger.info(
-        "model %s (%s): best epoch %d of %d, tune loss %.4f, tune patch AUC %.3f; sha256 %s",
-        spec.model_id, params.biomarker, result.best_epoch, result.epochs_run,
-        result.best_tune_loss, result.best_tune_auc, result.sha256,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Inference and heatmaps
-
-
-def _per_model(paths: Sequence[str], model_ids: Sequence[str], what: str) -> dict[str, str]:
-    """model_id → the path among ``paths`` named ``{model_id}`` + suffix (one per model)."""
-    by_model: dict[str, str] = {}
-    for path in paths:
-        name = Path(path).name
-        stem = name[: -len(".zarr")] if name.endswith(".zarr") else Path(path).stem
-        by_model[stem] = str(path)
-    missing = [m for m in model_ids if m not in by_model]
-    if missing:
-        raise BcpathError(f"{what}: no output path for model(s) {', '.join(missing)}")
-    return by_model
-
-
-def predict_patches_step(input: Any, output: Any, params: Any, threads: int = 1, **_: Any) -> None:
-    """Rule predict_patches (one job per slide): tiles.zarr + grid.parquet + tissue mask + the
-    weights of every active stage-1 model → predictions/{model}.parquet for each model
-    (patches whose centre is on the tissue mask), on one read of the tiles.
-
-    Input ``weights_<k>`` (and ``train_json_<k>`` for weights a training rule wrote) belong to
-    ``params.model_ids[k]``."""
-    from bcpath.erpr.inference import predict_slide_models, write_predictions
-    from bcpath.tissue import mask_mpp_from_qc, read_mask
-
-    model_ids = list(params.model_ids)
-    models = [
-        load_stage1_model(params.registry, model_id, input.get(f"weights_{k}"), input.get(f"train_json_{k}"))
-        for k, model_id in enumerate(model_ids)
-    ]
-    mask_mpp = mask_mpp_from_qc(json.loads(Path(input.qc).read_text()))
-    tables = predict_slide_models(
-        models, input.tiles, input.grid, tissue_mask=read_mask(input.mask), mask_mpp=mask_mpp,
-        stride_px=params.inference.get("stride_px"),
-        batch_size=int(params.inference.get("batch_size", 64)),
-        num_workers=params.inference.get("num_workers"),
-        device=params.inference.get("device"),
-        threads=threads,
-        progress=True,
-    )
-    paths = _per_model(list(output.predictions), model_ids, "predict_patches")
-    for model_id, table in zip(model_ids, tables, strict=True):
-        write_predictions(table, paths[model_id])
+# Heatmaps
 
 
 def render_heatmaps(
@@ -207,25 +140,6 @@ def render_heatmaps(
         features.extend(found)
     geojson.write_geojson(out_geojson, features)
     return {"n_patches": int(len(table)), "regions": regions}
-
-
-def render_heatmaps_step(input: Any, output: Any, params: Any, **_: Any) -> None:
-    """Rule render_heatmaps (one job per slide): each model's predictions →
-    heatmaps/{model}.zarr, .png, .geojson (outputs ``zarr_<k>``, ``png_<k>``, ``geojson_<k>``
-    of ``params.model_ids[k]``)."""
-    info = json.loads(Path(input.info).read_text())
-    from bcpath.tissue import mask_mpp_from_qc
-
-    thumbnail_mpp = mask_mpp_from_qc(json.loads(Path(input.qc).read_text()))  # thumbnail.png's µm/px
-    model_ids = list(params.model_ids)
-    predictions = _per_model(list(input.predictions), model_ids, "render_heatmaps")
-    for k, model_id in enumerate(model_ids):
-        summary = render_heatmaps(
-            predictions[model_id], input.thumbnail, float(thumbnail_mpp), float(info["mpp"]),
-            output.get(f"zarr_{k}"), output.get(f"png_{k}"), output.get(f"geojson_{k}"),
-            float(params.geojson_threshold),
-        )
-        logger.info("heatmaps %s: %d patches; regions above threshold: %s", model_id, summary["n_patches"], summary["regions"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,15 +254,6 @@ def train_stage2(
     return model
 
 
-def train_stage2_step(input: Any, output: Any, params: Any, **_: Any) -> None:
-    """Rule train_stage2."""
-    train_stage2(
-        list(input.predictions), input.samples, params.biomarker, output.model, output.tuning,
-        tune=bool(params.stage2.get("tune", True)), folds=int(params.stage2.get("folds", 10)),
-        seed=int(params.stage2.get("seed", 0)),
-    )
-
-
 def evaluate_stage2(
     model_json: str | os.PathLike[str],
     predictions: Sequence[str],
@@ -460,12 +365,3 @@ def _fmt(result: Mapping[str, Any]) -> str:
     return f"{value:.3f} [{result['ci_low']:.3f}, {result['ci_high']:.3f}]"
 
 
-def evaluate_stage2_step(input: Any, output: Any, params: Any, **_: Any) -> None:
-    """Rule evaluate_stage2."""
-    evaluate_stage2(
-        input.model, list(input.predictions), input.samples, params.biomarker,
-        output.predictions, output.evaluation, output.roc,
-        n_bootstrap=int(params.evaluation.get("n_bootstrap", 1000)),
-        confidence=float(params.evaluation.get("confidence", 0.95)),
-        seed=int(params.evaluation.get("seed", 0)),
-    )
