@@ -70,13 +70,39 @@ def pen_mask(rgb: np.ndarray) -> np.ndarray:
     """
     import cv2
 
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV_FULL)
-    hue = hsv[..., 0].astype(np.float32) * (360.0 / 256.0)
-    sat, val = hsv[..., 1], hsv[..., 2]
-    blue = (hue >= 190) & (hue <= 245) & (sat > 80)
-    green = (hue >= 75) & (hue <= 170) & (sat > 60)
-    black = val < 45
-    return blue | green | black
+    ink = np.empty(rgb.shape[:2], dtype=bool)
+    for top in range(0, rgb.shape[0], _MASK_BLOCK_ROWS):  # blocks of rows: whole-slide thumbnails
+        hsv = cv2.cvtColor(np.ascontiguousarray(rgb[top : top + _MASK_BLOCK_ROWS, :, :3]), cv2.COLOR_RGB2HSV_FULL)
+        hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]  # hue: 0-255 for 0-360°
+        # Hue bands in degrees compared as whole 0-255 steps (step · 360/256 ≥ 190° ⇔ step ≥ 136,
+        # ...): the same pixels as comparing degrees, without a float copy of the image.
+        blue = (hue >= _hue_step_at_least(190)) & (hue <= _hue_step_at_most(245)) & (sat > 80)
+        green = (hue >= _hue_step_at_least(75)) & (hue <= _hue_step_at_most(170)) & (sat > 60)
+        ink[top : top + _MASK_BLOCK_ROWS] = blue | green | (val < 45)
+    return ink
+
+
+_MASK_BLOCK_ROWS = 256
+
+
+def _hue_step_at_least(degrees: float) -> int:
+    """Smallest OpenCV full-range hue step (0-255) whose angle step · 360/256 is ≥ ``degrees``."""
+    return int(math.ceil(degrees * 256.0 / 360.0))
+
+
+def _hue_step_at_most(degrees: float) -> int:
+    """Largest OpenCV full-range hue step (0-255) whose angle step · 360/256 is ≤ ``degrees``."""
+    return int(math.floor(degrees * 256.0 / 360.0))
+
+
+def _component_areas(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """4-connected components of an (H, W) bool mask: (labels (H, W) int32, 0 = background;
+    areas (n + 1,) px, areas[0] = background). cv2 counts the areas itself, so no int64 copy of
+    the labels is made (np.bincount's), which matters on whole-slide thumbnails."""
+    import cv2
+
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    return labels, stats[:count, cv2.CC_STAT_AREA]
 
 
 def fill_small_holes(mask: np.ndarray, max_hole_px: int) -> np.ndarray:
@@ -88,10 +114,9 @@ def fill_small_holes(mask: np.ndarray, max_hole_px: int) -> np.ndarray:
     from scipy import ndimage
 
     holes = ndimage.binary_fill_holes(mask) & ~mask
-    labels, count = ndimage.label(holes)
-    if count == 0:
+    labels, sizes = _component_areas(holes)
+    if len(sizes) <= 1:
         return mask
-    sizes = np.bincount(labels.ravel())
     small = sizes < max_hole_px
     small[0] = False
     return mask | small[labels]
@@ -121,7 +146,11 @@ def detect_tissue(thumbnail: np.ndarray, mpp: float, params: TissueParams = Tiss
     mask = saturation > threshold
     if params.exclude_pen:
         mask &= ~pen_mask(thumbnail)
-    mask = morphology.remove_small_objects(mask, max_size=_area_px(params.min_object_area_mm2, mpp) - 1)
+    labels, areas = _component_areas(mask)  # skimage's remove_small_objects (4-connected), without its int64 copy
+    keep = areas >= _area_px(params.min_object_area_mm2, mpp)
+    keep[0] = False
+    mask = keep[labels]
+    del labels
     mask = fill_small_holes(mask, _area_px(params.max_hole_area_mm2, mpp))
     radius = int(round(params.dilation_um / mpp))
     if radius > 0 and mask.any():
@@ -214,16 +243,21 @@ def blur_score(slide: Slide, mask: np.ndarray, mask_mpp: float, n_samples: int =
 
     from bcpath.images import laplacian_variance
 
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    # The k-th tissue pixel in row-major order (np.nonzero's), found from per-row counts: no
+    # (n_tissue_pixels,) coordinate arrays on a whole-slide mask.
+    row_ends = np.cumsum(np.count_nonzero(mask, axis=1))
+    n_tissue = int(row_ends[-1]) if len(row_ends) else 0
+    if n_tissue == 0:
         return None
     read_mpp = max(slide.mpp, 1.0)
     rng = np.random.default_rng(seed)
-    picks = rng.choice(len(xs), size=min(n_samples, len(xs)), replace=False)
+    picks = rng.choice(n_tissue, size=min(n_samples, n_tissue), replace=False)
     scores = []
     for pick in np.sort(picks):
-        cx0 = (xs[pick] + 0.5) * mask_mpp / slide.mpp
-        cy0 = (ys[pick] + 0.5) * mask_mpp / slide.mpp
+        y = int(np.searchsorted(row_ends, pick, side="right"))
+        x = int(np.flatnonzero(mask[y])[pick - (row_ends[y - 1] if y else 0)])
+        cx0 = (x + 0.5) * mask_mpp / slide.mpp
+        cy0 = (y + 0.5) * mask_mpp / slide.mpp
         half0 = size_px / 2 * read_mpp / slide.mpp
         field = slide.read_region(cx0 - half0, cy0 - half0, size_px, size_px, read_mpp)
         grey = cv2.cvtColor(field, cv2.COLOR_RGB2GRAY)
@@ -354,7 +388,7 @@ def extract_tissue(
     qc["n_tissue_pieces"] = len(features)
     qc["params"] = asdict(params)
     with atomic_path(out_dir / "mask.png") as tmp:
-        Image.fromarray((mask * 255).astype(np.uint8)).save(tmp)
+        Image.fromarray(mask.astype(np.uint8) * np.uint8(255)).save(tmp)  # uint8 throughout: no int64 copy of the mask
     with atomic_path(out_dir / "thumbnail.png") as tmp:
         Image.fromarray(draw_contours(thumbnail, mask)).save(tmp)
     geojson.write_geojson(out_dir / "tissue.geojson", features)
