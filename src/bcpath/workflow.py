@@ -318,7 +318,21 @@ def run_rule(snakemake: Any, step: str | Callable[..., Any]) -> None:
         sys.exit(1)
     if record:
         Path(record).unlink(missing_ok=True)
-    logger.info("%s done for %s", rule, slide_id)
+    logger.info("%s done for %s; peak RSS %.0f MB", rule, slide_id, peak_rss_mb())
+
+
+PEAK_RSS_PATTERN = r"done for (?P<slide>\S+); peak RSS (?P<mb>\d+) MB"
+"""Regex of run_rule's last log line: bench/wsi_scale.py reads the exact peak from it (Snakemake's
+benchmarks/ sample RSS every 30 s after a job's first 15 s, so they can miss a long job's peak)."""
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process or its largest finished child, MB (getrusage maxrss)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024.0  # Linux: kB
 
 
 def collect_failures(
