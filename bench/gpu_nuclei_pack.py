@@ -74,7 +74,7 @@ def _one(args: tuple[object, str]) -> dict[str, object]:
 
 
 def pack(shared: Path, out: Path, stain: Path, limit: int | None, workers: int) -> dict[str, object]:
-    from bcpath.nuclei.training import list_nuclei_folder
+    from bcpath.nuclei.datasets import list_nuclei_folder
 
     arrays: dict[str, np.ndarray] = {}
     summary: dict[str, object] = {}

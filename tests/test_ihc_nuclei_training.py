@@ -10,8 +10,7 @@ import pytest
 from bcpath.errors import BcpathError
 from bcpath.ihc.evaluate import ground_truth_cells, ground_truth_labels
 from bcpath.ihc.nuclei_training import annotated_tiles, cross_validate, write_nuclei_training_folder
-from bcpath.nuclei.datasets import load_sample
-from bcpath.nuclei.training import list_nuclei_folder
+from bcpath.nuclei.datasets import list_nuclei_folder, load_sample
 from tests.test_ihc_evaluate import _draw_mask
 
 

@@ -87,7 +87,7 @@ def test_real_cpm15(require_shared):
 
 def test_cpm15_layout_folder_states_its_mpp(tmp_path):
     from bcpath.errors import BcpathError
-    from bcpath.nuclei.training import list_nuclei_folder
+    from bcpath.nuclei.datasets import list_nuclei_folder
 
     (tmp_path / "images").mkdir()
     (tmp_path / "inst_masks").mkdir()

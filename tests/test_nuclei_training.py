@@ -16,7 +16,7 @@ from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
 from bcpath.errors import BcpathError
-from bcpath.nuclei.datasets import NucleiSample
+from bcpath.nuclei.datasets import NucleiSample, list_nuclei_folder, sample_organ
 from bcpath.nuclei.predict import (
     decode_at_size,
     load_nuclei_model,
@@ -29,9 +29,7 @@ from bcpath.nuclei.training import (
     NucleiTileDataset,
     PreparedImage,
     augment_tile,
-    list_nuclei_folder,
     resample_labels,
-    sample_organ,
     split_by_organ,
     train_nuclei_model,
 )

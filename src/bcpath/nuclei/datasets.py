@@ -17,25 +17,35 @@ from __future__ import annotations
 import json
 import math
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 import tifffile
 from numpy.typing import NDArray
 
+from bcpath.errors import BcpathError
 from bcpath.images import IMAGE_SUFFIXES
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 __all__ = [
+    "TCGA_TSS_ORGAN",
     "NucleiSample",
+    "evaluate_dataset",
     "list_cpm15",
     "list_monuseg",
+    "list_nuclei_folder",
     "load_sample",
     "monuseg_polygons",
     "rasterise_polygons",
     "read_cpm15",
     "read_monuseg",
+    "sample_organ",
     "source_image",
 ]
 
@@ -200,3 +210,81 @@ def load_sample(sample: NucleiSample) -> tuple[NDArray[np.uint8], NDArray[np.int
     if sample.dataset == "cpm15":
         return read_cpm15(sample.image, sample.annotation)
     raise ValueError(f"unknown nuclei dataset {sample.dataset!r}")
+
+
+# TCGA tissue source site (barcode field 2) → organ, for the MoNuSeg images in shared/data.
+# From the TCGA code tables (project of each site): LUSC/LUAD, KIRC/KIRP, COAD, PRAD, BLCA, LGG.
+# (Kumar et al. 2017 list the 21-/50- lung images as "liver"; the TCGA project is used here.)
+TCGA_TSS_ORGAN: dict[str, str] = {
+    "21": "lung", "44": "lung", "50": "lung", "69": "lung",
+    "2Z": "kidney", "B0": "kidney", "GL": "kidney", "IZ": "kidney",
+    "A6": "colon", "NH": "colon",
+    "CH": "prostate", "EJ": "prostate", "G9": "prostate", "HC": "prostate",
+    "CU": "bladder", "ZF": "bladder",
+    "FG": "brain", "HT": "brain",
+    "18": "lung", "38": "lung", "49": "lung",  # other MoNuSeg lung sites
+    "A7": "breast", "AR": "breast", "E2": "breast", "AO": "breast",
+    "KB": "stomach", "RD": "stomach",
+}  # fmt: skip
+
+
+def list_nuclei_folder(folder: str | Path) -> list[NucleiSample]:
+    """Samples of one dataset folder: MoNuSeg layout (``images/*.tif`` + ``annotations/*.xml``)
+    or CPM-15 layout (``images/*.png`` + ``inst_masks/*_inst.tif``); BcpathError otherwise."""
+    folder = Path(folder)
+    images = folder / "images"
+    try:
+        if (folder / "annotations").is_dir() and any(images.glob("*.tif")):
+            return list_monuseg(folder)
+        if (folder / "inst_masks").is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in images.glob("*")):
+            return list_cpm15(folder)
+    except FileNotFoundError as exc:
+        raise BcpathError(
+            f"nuclei data folder {folder}: {exc}; every image needs its annotation"
+        ) from exc
+    except ValueError as exc:
+        raise BcpathError(f"nuclei data folder {folder}: {exc}") from exc
+    raise BcpathError(
+        f"nuclei data folder {folder}: neither MoNuSeg layout (images/*.tif + annotations/*.xml) "
+        "nor CPM-15 layout (images/*.png + inst_masks/<stem>_inst.tif); arrange it as one of them"
+    )
+
+
+def sample_organ(sample: NucleiSample) -> str:
+    """Organ of a sample: MoNuSeg from the TCGA site code, CPM-15 ``"brain_or_head_neck"``."""
+    if sample.dataset == "monuseg" or sample.name.startswith("TCGA-"):
+        parts = sample.name.split("-")
+        if len(parts) > 1 and parts[1] in TCGA_TSS_ORGAN:
+            return TCGA_TSS_ORGAN[parts[1]]
+        return "unknown"
+    if sample.dataset == "cpm15":
+        return "brain_or_head_neck"
+    return "unknown"
+
+
+def evaluate_dataset(folders: Sequence[str | Path], segmenter: Any) -> pd.DataFrame:
+    """Seed 2's Table 2 for annotated dataset folders: one row per image, then the mean.
+
+    Args:
+        folders: MoNuSeg- or CPM-15-layout folders (:func:`list_nuclei_folder`).
+        segmenter: ``(rgb, mpp) -> labels`` (:func:`bcpath.nuclei.slide.get_segmenter`).
+
+    Returns:
+        DataFrame dataset, image, organ, mpp, aji, map, f1/precision/recall at 0.5 and 0.7, pq,
+        dice; the last row has image "mean".
+    """
+    import pandas as pd
+
+    from bcpath.nuclei.metrics import evaluate
+
+    rows: list[dict[str, Any]] = []
+    for folder in folders:
+        for sample in list_nuclei_folder(folder):
+            rgb, truth = sample.load()
+            scores = evaluate(truth, np.asarray(segmenter(rgb, sample.mpp)))
+            rows.append({"dataset": sample.dataset, "image": sample.name, "organ": sample_organ(sample), "mpp": sample.mpp, **scores})
+    table = pd.DataFrame(rows)
+    if len(table):
+        mean = table.drop(columns=["dataset", "image", "organ"]).mean(numeric_only=True).to_dict()
+        table = pd.concat([table, pd.DataFrame([{"dataset": "", "image": "mean", "organ": "", **mean}])], ignore_index=True)
+    return table

@@ -164,7 +164,7 @@ def evaluate_by_set(
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Score a fixed ``segmenter(rgb, mpp) -> labels`` on every image of each set folder:
     ({set: :func:`summarise_set`}, per-image rows)."""
-    from bcpath.nuclei.training import list_nuclei_folder
+    from bcpath.nuclei.datasets import list_nuclei_folder
 
     summary: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []

@@ -14,7 +14,7 @@ Pipeline (every choice is recorded in ``train.json``):
   image01 with the default data, at model µm/px), saved
   as ``stain.json`` and reused unchanged at inference.
 - **Split.** Organ-wise (:func:`split_by_organ`): MoNuSeg organs come from the TCGA tissue
-  source site code (the second field of the TCGA barcode, :data:`TCGA_TSS_ORGAN`). Default
+  source site code (the second field of the TCGA barcode, :data:`bcpath.nuclei.datasets.TCGA_TSS_ORGAN`). Default
   validation: the brain and bladder MoNuSeg images (2 + 2 of the 21 here) and CPM-15
   ``image03`` (20×) and ``image12`` (40×). CPM-15 images carry no per-image organ (the set mixes
   brain and head-and-neck), so they are held out by name.
@@ -56,7 +56,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import pandas as pd
 import torch
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
@@ -65,10 +64,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from bcpath.engine import fit, seed_everything
 from bcpath.errors import BcpathError
-from bcpath.images import IMAGE_SUFFIXES
 from bcpath.io import json_ready, write_json
 from bcpath.models.registry import load_checked_state_dict, save_weights
-from bcpath.nuclei.datasets import NucleiSample, list_cpm15, list_monuseg
+from bcpath.nuclei.datasets import NucleiSample, list_nuclei_folder, sample_organ
 from bcpath.nuclei.predict import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -96,11 +94,8 @@ __all__ = [
     "NucleiTileDataset",
     "PreparedImage",
     "augment_tile",
-    "evaluate_dataset",
-    "list_nuclei_folder",
     "prepare_samples",
     "resample_labels",
-    "sample_organ",
     "split_by_organ",
     "train_nuclei_model",
     "validate_thresholds",
@@ -114,20 +109,6 @@ W0, SIGMA_PX = 10.0, 5.0
 LOG_COLUMNS: tuple[str, ...] = ("epoch", "train_loss", "val_loss", "seconds")
 LOG_FORMATS: dict[str, str] = {"train_loss": "%.6f", "val_loss": "%.6f", "seconds": "%.1f"}
 
-# TCGA tissue source site (barcode field 2) → organ, for the MoNuSeg images in shared/data.
-# From the TCGA code tables (project of each site): LUSC/LUAD, KIRC/KIRP, COAD, PRAD, BLCA, LGG.
-# (Kumar et al. 2017 list the 21-/50- lung images as "liver"; the TCGA project is used here.)
-TCGA_TSS_ORGAN: dict[str, str] = {
-    "21": "lung", "44": "lung", "50": "lung", "69": "lung",
-    "2Z": "kidney", "B0": "kidney", "GL": "kidney", "IZ": "kidney",
-    "A6": "colon", "NH": "colon",
-    "CH": "prostate", "EJ": "prostate", "G9": "prostate", "HC": "prostate",
-    "CU": "bladder", "ZF": "bladder",
-    "FG": "brain", "HT": "brain",
-    "18": "lung", "38": "lung", "49": "lung",  # other MoNuSeg lung sites
-    "A7": "breast", "AR": "breast", "E2": "breast", "AO": "breast",
-    "KB": "stomach", "RD": "stomach",
-}  # fmt: skip
 DEFAULT_VAL_ORGANS: tuple[str, ...] = ("brain", "bladder")
 DEFAULT_VAL_NAMES: tuple[str, ...] = ("image03", "image12")
 
@@ -157,38 +138,8 @@ class NucleiTrainSettings:
 # --------------------------------------------------------------------------- data
 
 
-def list_nuclei_folder(folder: str | Path) -> list[NucleiSample]:
-    """Samples of one dataset folder: MoNuSeg layout (``images/*.tif`` + ``annotations/*.xml``)
-    or CPM-15 layout (``images/*.png`` + ``inst_masks/*_inst.tif``); BcpathError otherwise."""
-    folder = Path(folder)
-    images = folder / "images"
-    try:
-        if (folder / "annotations").is_dir() and any(images.glob("*.tif")):
-            return list_monuseg(folder)
-        if (folder / "inst_masks").is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in images.glob("*")):
-            return list_cpm15(folder)
-    except FileNotFoundError as exc:
-        raise BcpathError(
-            f"nuclei data folder {folder}: {exc}; every image needs its annotation"
-        ) from exc
-    except ValueError as exc:
-        raise BcpathError(f"nuclei data folder {folder}: {exc}") from exc
-    raise BcpathError(
-        f"nuclei data folder {folder}: neither MoNuSeg layout (images/*.tif + annotations/*.xml) "
-        "nor CPM-15 layout (images/*.png + inst_masks/<stem>_inst.tif); arrange it as one of them"
-    )
 
 
-def sample_organ(sample: NucleiSample) -> str:
-    """Organ of a sample: MoNuSeg from the TCGA site code, CPM-15 ``"brain_or_head_neck"``."""
-    if sample.dataset == "monuseg" or sample.name.startswith("TCGA-"):
-        parts = sample.name.split("-")
-        if len(parts) > 1 and parts[1] in TCGA_TSS_ORGAN:
-            return TCGA_TSS_ORGAN[parts[1]]
-        return "unknown"
-    if sample.dataset == "cpm15":
-        return "brain_or_head_neck"
-    return "unknown"
 
 
 def split_by_organ(
@@ -692,31 +643,3 @@ def _initialise_from(
     path = Path(init_from)
     weights = path / "best.pt" if path.is_dir() else path
     return {"path": os.fspath(path), "sha256": file_sha256(weights)}
-
-
-def evaluate_dataset(folders: Sequence[str | Path], segmenter: Any) -> pd.DataFrame:
-    """Seed 2's Table 2 for annotated dataset folders: one row per image, then the mean.
-
-    Args:
-        folders: MoNuSeg- or CPM-15-layout folders (:func:`list_nuclei_folder`).
-        segmenter: ``(rgb, mpp) -> labels`` (:func:`bcpath.nuclei.slide.get_segmenter`).
-
-    Returns:
-        DataFrame dataset, image, organ, mpp, aji, map, f1/precision/recall at 0.5 and 0.7, pq,
-        dice; the last row has image "mean".
-    """
-    from bcpath.nuclei.metrics import evaluate
-
-    rows: list[dict[str, Any]] = []
-    for folder in folders:
-        for sample in list_nuclei_folder(folder):
-            rgb, truth = sample.load()
-            scores = evaluate(truth, np.asarray(segmenter(rgb, sample.mpp)))
-            rows.append({"dataset": sample.dataset, "image": sample.name, "organ": sample_organ(sample), "mpp": sample.mpp, **scores})
-    table = pd.DataFrame(rows)
-    if len(table):
-        mean = table.drop(columns=["dataset", "image", "organ"]).mean(numeric_only=True).to_dict()
-        table = pd.concat([table, pd.DataFrame([{"dataset": "", "image": "mean", "organ": "", **mean}])], ignore_index=True)
-    return table
-
-

@@ -171,7 +171,7 @@ def list_nuclei_samples(folders: Sequence[str | Path], model_mpp: float) -> list
     Images coarser than the model's µm/px (CPM-15's 20× images for a 0.25 µm/px model) are
     left out, as detection refuses them too (logged).
     """
-    from bcpath.nuclei.training import list_nuclei_folder
+    from bcpath.nuclei.datasets import list_nuclei_folder
 
     samples: list[NucleiSample] = []
     for folder in folders:

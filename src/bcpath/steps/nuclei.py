@@ -125,8 +125,8 @@ def train_nuclei_model_step(input: Any, output: Any, params: Any, threads: int =
 def evaluate_dataset_step(input: Any, output: Any, params: Any, **_: Any) -> None:
     """Rule evaluate_nuclei: results/cohort/nuclei/evaluation.csv for nuclei.evaluation.data."""
     from bcpath.io import atomic_path
+    from bcpath.nuclei.datasets import evaluate_dataset
     from bcpath.nuclei.slide import get_segmenter
-    from bcpath.nuclei.training import evaluate_dataset
 
     folders = list(input.data)
     if not folders:
