@@ -1,10 +1,15 @@
 """Peak RSS of one per-slide workflow step, run as its rule runs it, on a finished run's inputs.
 
 Issue 15 item 1: every step's peak RSS must stay under 4 GB and grow less than 1.5x from the
-demo slide to a real-size one. This driver calls the step function the rule calls
-(``bcpath.workflow.step_target`` of its script) in a fresh Python process with input / output /
-params built like the rule's (rules/*.smk, the config section of --configfile), inputs taken
-from ``--run-dir`` (a finished run, read only) and outputs written under ``--out``.
+demo slide to a real-size one. This driver calls the step function the rule's script names
+(``bcpath.workflow.step_target`` of workflow_scripts/<step>.py) in a fresh Python process,
+with input / output / params built like the rule's (rules/*.smk; params from config.yaml and
+any --configfile), inputs taken from ``--run-dir`` (a finished run, read only) and outputs
+written under ``--out``.
+
+Measured (2 cores; demo_13 -> scale_01, its 25x real-size copy made by bench/wsi_scale.py):
+detect_mitoses 918 -> 1123 MB (1.22x; 1005 -> 1764 MB before the per-tile heap trim),
+segment_nuclei with fiji 318 -> 385 MB (1.21x; 330 -> 471 MB before the packed label band).
 
 The peak is the child's VmHWM (/proc/self/status, read when the step returns: the kernel's
 high-water mark of resident memory, all threads). ru_maxrss is not used: a forked child starts
@@ -46,6 +51,13 @@ def _slide_path(run_dir: Path, slide: str) -> str:
     return str(path if path.is_absolute() else run_dir / path)
 
 
+def _target(step: str) -> str:
+    """The ``module:function`` the rule's script runs (wherever the step function lives)."""
+    from bcpath.workflow import step_target
+
+    return step_target(ROOT / "workflow_scripts" / f"{step}.py")
+
+
 def _job(step: str, run_dir: Path, slide: str, out: Path, config: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(step target, input, output, params) as the rule builds them."""
     results = run_dir / "results" / "slides" / slide
@@ -66,7 +78,7 @@ def _job(step: str, run_dir: Path, slide: str, out: Path, config: dict[str, Any]
             "registry": str(registry), "model_id": model_id, "tumor_threshold": prolif["tumor_threshold"],
             "detection": prolif["detection"], "hotspot": prolif["hotspot"],
         }
-        return "bcpath.proliferation.steps:detect_mitoses_step", inputs, outputs, params
+        return _target(step), inputs, outputs, params
     if step == "segment_nuclei":
         inputs = {
             "slide": _slide_path(run_dir, slide),
@@ -77,7 +89,7 @@ def _job(step: str, run_dir: Path, slide: str, out: Path, config: dict[str, Any]
         if (results / "nuclei" / "region.png").exists():
             inputs["region"] = str(results / "nuclei" / "region.png")
         outputs = {"labels": str(out / "labels.zarr"), "geojson": str(out / "nuclei.geojson"), "features": str(out / "features.parquet")}
-        return "bcpath.nuclei.slide:segment_nuclei_step", inputs, outputs, {"nuclei": config["nuclei"]}
+        return _target(step), inputs, outputs, {"nuclei": config["nuclei"]}
     raise SystemExit(f"unknown step {step}; known: detect_mitoses, segment_nuclei")
 
 
