@@ -75,3 +75,23 @@ def test_nuclei_benchmark_quick(tmp_path):
     assert result["n_tiles"] > 0 and result["n_nuclei"] > 0 and result["ratio"] > 0
     assert set(result["mp_per_s"]) == {"slide path", "segmenter only"}
     assert not any(p.name.startswith("bcpath-bench-") for p in tmp_path.iterdir())
+
+
+def test_step_rss_builds_the_rules_jobs(tmp_path):
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("step_rss", BENCH / "step_rss.py")
+    step_rss = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step_rss)
+    slide = tmp_path / "run" / "results" / "slides" / "s1"
+    slide.mkdir(parents=True)
+    (slide / "info.json").write_text('{"path": "slides/s1.tiff"}')
+    config = yaml.safe_load((REPO_ROOT / "config.yaml").read_text())
+    target, inputs, outputs, params = step_rss._job("segment_nuclei", tmp_path / "run", "s1", tmp_path / "out", config)
+    assert target.endswith(":segment_nuclei_step") and inputs["slide"] == str(tmp_path / "run" / "slides" / "s1.tiff")
+    assert set(outputs) == {"labels", "geojson", "features"} and params["nuclei"]["model"] == config["nuclei"]["model"]
+    target, inputs, outputs, params = step_rss._job("detect_mitoses", tmp_path / "run", "s1", tmp_path / "out", config)
+    assert target.endswith(":detect_mitoses_step") and set(outputs) == {"mitoses", "geojson", "hotspot", "features"}
+    assert params["detection"] == config["proliferation"]["detection"] and "train_json" in inputs

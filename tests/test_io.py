@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from bcpath.io import atomic_dir, atomic_path, write_json
+from bcpath.io import atomic_dir, atomic_path, release_free_memory, write_json
 
 
 def test_atomic_path_removes_partial_file_on_error(tmp_path):
@@ -68,3 +68,19 @@ def test_atomic_outputs_get_the_mode_the_umask_gives(tmp_path, umask, file_mode,
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == file_mode
     assert stat.S_IMODE((tmp_path / "tiles.zarr").stat().st_mode) == dir_mode
+
+
+def test_release_free_memory_returns_freed_heap_pages():
+    import numpy as np
+
+    def rss_kb() -> int:
+        status = open("/proc/self/status").read() if sys.platform.startswith("linux") else ""
+        return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+
+    # Arrays below the mmap threshold come from the heap; keep every 8th so freed holes stay.
+    blocks = [np.ones(64 * 1024, np.uint8) for _ in range(2000)]
+    kept = blocks[::8]
+    del blocks
+    before = rss_kb()
+    release_free_memory()
+    assert rss_kb() <= before and len(kept) == 250

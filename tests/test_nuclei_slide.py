@@ -352,3 +352,27 @@ def test_overlap_with_earlier_tiles_is_resolved_first_written_wins():
     free = a_pixels & (earlier[y0:y1, x0:x1] == 0)
     assert (after[y0:y1, x0:x1][free] == 10).all() and int((after == 10).sum()) == int(free.sum())
     assert columns["area_um2"][0] == pytest.approx(free.sum() * 0.25) and len(outlines) == 1
+
+
+def test_chunk_buffer_retire_stores_or_packs_and_flush_writes_the_same_labels():
+    from bcpath.nuclei.slide import _ChunkBuffer
+
+    rng = np.random.default_rng(1)
+    values = (rng.random((200, 300)) < 0.3) * rng.integers(1, 70_000, (200, 300))
+    values = values.astype(np.uint32)
+    plain, retired = np.zeros((200, 300), np.uint32), np.zeros((200, 300), np.uint32)
+    direct = _ChunkBuffer(plain, 64)
+    direct.put(0, 0, values)
+    buffer = _ChunkBuffer(retired, 64)
+    buffer.put(0, 0, values)
+    buffer.retire(130, 70)  # chunk columns 0-1: row 0 stored, rows 1-3 packed
+    assert retired[:64, :128].tolist() == values[:64, :128].tolist() and not retired[64:].any()
+    assert sorted(buffer.packed) == [(cy, cx) for cy in (1, 2, 3) for cx in (0, 1)]
+    assert (buffer.get(64, 140, 100, 200) == values[64:140, 100:200]).all()  # unpacks what it reads
+    buffer.put(100, 20, np.full((10, 10), 5, np.uint32))
+    values[100:110, 20:30] = 5
+    direct.put(100, 20, np.full((10, 10), 5, np.uint32))
+    buffer.flush_above(None)
+    direct.flush_above(None)
+    assert (retired == values).all() and (plain == values).all()
+    assert buffer.n_written == direct.n_written == 20 and not buffer.chunks and not buffer.packed

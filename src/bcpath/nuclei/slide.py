@@ -30,7 +30,8 @@ Outputs (all written to temporary names and moved into place):
 * ``labels.zarr``: Zarr v3 group (OME-NGFF 0.5 metadata, axes y, x in µm) with array ``0``,
   (H, W) uint32 at ``model_mpp``, origin at the slide's level-0 corner, chunked
   ``chunk_px``²; 0 = background, else the nucleus id. Only chunks holding a nucleus are
-  stored. Labels are kept in memory only for the chunks a few tile rows reach, then flushed.
+  stored. Labels are kept in memory only for the chunks the current tile reaches (a band of
+  the slide's width that the next tile row reaches is kept zlib-packed), then flushed.
 * ``features.parquet``: one row per nucleus (``FEATURE_COLUMNS``), written per tile row.
 * ``nuclei.geojson``: QuPath detections (classification "Nucleus"), polygon outlines in
   level-0 px, measurements in ``properties.measurements`` (a dict, as QuPath ≥ 0.4 writes);
@@ -51,6 +52,7 @@ import logging
 import math
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,6 +64,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from bcpath.errors import BcpathError
+from bcpath.io import release_free_memory
 from bcpath.wsi import Slide, open_slide
 
 logger = logging.getLogger(__name__)
@@ -285,7 +288,9 @@ def plan_tiles(mask: NDArray[np.bool_], mask_mpp: float, slide_mpp: float, slide
     if not mask.any():
         return SlideTiling(scale, width, height, int(tile_px), stride, margin, n_rows, n_cols, empty, empty)
     k = model_mpp / mask_mpp  # mask px per model px
-    integral = cv2.integral(np.ascontiguousarray(mask, dtype=np.uint8), sdepth=cv2.CV_32S).astype(np.int64)
+    pixels = np.ascontiguousarray(mask, dtype=np.uint8)
+    # int32 sums are exact below 2**31 mask pixels (an int64 copy was 44 MB on a 352 mm² slide)
+    integral = cv2.integral(pixels, sdepth=cv2.CV_32S) if mask.size < 2**31 - 1 else cv2.integral(pixels, sdepth=cv2.CV_64F).astype(np.int64)
     # Any mask pixel overlapping the core counts (floor of the start, ceil of the end).
     ys = np.arange(n_rows + 1) * stride * k
     xs = np.arange(n_cols + 1) * stride * k
@@ -309,8 +314,12 @@ def plan_tiles(mask: NDArray[np.bool_], mask_mpp: float, slide_mpp: float, slide
 class _ChunkBuffer:
     """Labels of the chunks that tiles still write to; each chunk is flushed to Zarr once.
 
-    Only chunks a nucleus was written to exist in memory; ``flush_above(y)`` stores and drops
-    those that lie entirely above model row ``y`` (no later tile reaches them).
+    Only chunks a nucleus was written to exist. A chunk is held as an array while the tiles
+    of the current tile row reach it; :meth:`retire` then stores a chunk that no later tile
+    reaches and packs (zlib) one that only the next tile rows reach, so memory holds a few
+    chunks around the current tile plus one compressed band of the slide's width, not a band
+    of arrays (1 MiB per 512² chunk). ``flush_above(y)`` stores and drops the chunks that
+    lie entirely above model row ``y``.
     """
 
     def __init__(self, array: Any, chunk_px: int) -> None:
@@ -318,6 +327,7 @@ class _ChunkBuffer:
         self.chunk = int(chunk_px)
         self.height, self.width = (int(v) for v in array.shape)
         self.chunks: dict[tuple[int, int], NDArray[np.uint32]] = {}
+        self.packed: dict[tuple[int, int], bytes] = {}
         self.n_written = 0
 
     def _blocks(self, y0: int, y1: int, x0: int, x1: int) -> Iterator[tuple[int, int, slice, slice, slice, slice]]:
@@ -328,10 +338,16 @@ class _ChunkBuffer:
                 xs, xe = max(x0, cx * c), min(x1, (cx + 1) * c)
                 yield cy, cx, slice(ys - y0, ye - y0), slice(xs - x0, xe - x0), slice(ys - cy * c, ye - cy * c), slice(xs - cx * c, xe - cx * c)
 
+    def _block(self, key: tuple[int, int]) -> NDArray[np.uint32] | None:
+        packed = self.packed.pop(key, None)
+        if packed is not None:
+            self.chunks[key] = np.frombuffer(zlib.decompress(packed), dtype=np.uint32).reshape(self.chunk, self.chunk).copy()
+        return self.chunks.get(key)
+
     def get(self, y0: int, y1: int, x0: int, x1: int) -> NDArray[np.uint32]:
         out = np.zeros((y1 - y0, x1 - x0), dtype=np.uint32)
         for cy, cx, oy, ox, cy_s, cx_s in self._blocks(y0, y1, x0, x1):
-            block = self.chunks.get((cy, cx))
+            block = self._block((cy, cx))
             if block is not None:
                 out[oy, ox] = block[cy_s, cx_s]
         return out
@@ -344,22 +360,37 @@ class _ChunkBuffer:
             nonzero = part > 0
             if not nonzero.any():
                 continue
-            block = self.chunks.get((cy, cx))
+            block = self._block((cy, cx))
             if block is None:
                 block = self.chunks[(cy, cx)] = np.zeros((self.chunk, self.chunk), dtype=np.uint32)
             target = block[cy_s, cx_s]
             target[nonzero] = part[nonzero]
 
+    def _store(self, key: tuple[int, int], block: NDArray[np.uint32]) -> None:
+        c = self.chunk
+        cy, cx = key
+        ye, xe = min(self.height, (cy + 1) * c), min(self.width, (cx + 1) * c)
+        self.array[cy * c : ye, cx * c : xe] = block[: ye - cy * c, : xe - cx * c]
+        self.n_written += 1
+
+    def retire(self, x: int, y: int) -> None:
+        """Chunks left of model column ``x`` (no later tile of this row reaches them): stored
+        when they lie above model row ``y`` (where the next row's windows start), else packed."""
+        c = self.chunk
+        for key in [key for key in self.chunks if (key[1] + 1) * c <= x]:
+            block = self.chunks.pop(key)
+            if (key[0] + 1) * c <= y:
+                self._store(key, block)
+            else:
+                self.packed[key] = zlib.compress(block.tobytes(), 1)
+
     def flush_above(self, y: int | None = None) -> None:
         c = self.chunk
-        for key in sorted(self.chunks):
-            cy, cx = key
-            if y is not None and (cy + 1) * c > y:
+        for key in sorted({*self.chunks, *self.packed}):
+            if y is not None and (key[0] + 1) * c > y:
                 continue
-            block = self.chunks.pop(key)
-            ye, xe = min(self.height, (cy + 1) * c), min(self.width, (cx + 1) * c)
-            self.array[cy * c : ye, cx * c : xe] = block[: ye - cy * c, : xe - cx * c]
-            self.n_written += 1
+            self._block(key)  # unpacks a packed chunk
+            self._store(key, self.chunks.pop(key))
 
 
 # --------------------------------------------------------------------------- outputs
@@ -747,6 +778,10 @@ def segment_slide(
                         n_nuclei += len(outlines)
                         if len(outlines):
                             batch.append(columns)
+                        next_window_top = (tile_row + 1) * tiling.stride - tiling.margin
+                        buffer.retire((result.col + 1) * tiling.stride - tiling.margin, next_window_top)
+                        del result
+                        release_free_memory()
                     if batch:
                         merged = {name: np.concatenate([b[name] for b in batch]) for name in FEATURE_COLUMNS}
                         parquet.write_table(pa.table(merged, schema=schema))

@@ -2,7 +2,9 @@
 
 Memory stays bounded by one tile (``tile_px`` + margin): candidates are searched in each tile's
 core (inside the tumour mask), crops come from the tile with its margin, and a last global
-non-maximum suppression removes figures split across a tile border.
+non-maximum suppression removes figures split across a tile border. The heap is trimmed after
+each tile (:func:`bcpath.io.release_free_memory`), so freed tile arrays do not pile up as
+resident memory over the hundreds of tumour tiles of a real-size slide.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from bcpath.errors import BcpathError
+from bcpath.io import release_free_memory
 from bcpath.proliferation.candidates import non_maximum_suppression
 from bcpath.proliferation.mitosis import DETECTION_COLUMNS, DetectionParams, detect_in_image
 
@@ -94,6 +97,8 @@ def detect_slide(
             ch, cw = min(tile_px, height - top), min(tile_px, width - left)
             core[margin_px : margin_px + ch, margin_px : margin_px + cw] = mask_core[:ch, :cw]
             found, emb = detect_in_image(rgb, model, spec, params, mask=core.astype(bool))
+            del rgb, core, mask_core
+            release_free_memory()  # else freed tile-sized arrays stay resident, 2 MB more per tile
             if len(found):
                 found = found.assign(
                     x0=(left - margin_px + found["x"]) * scale, y0=(top - margin_px + found["y"]) * scale
