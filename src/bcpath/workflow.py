@@ -327,12 +327,21 @@ benchmarks/ sample RSS every 30 s after a job's first 15 s, so they can miss a l
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process or its largest finished child, MB (getrusage maxrss)."""
+    """Peak resident memory of this process (VmHWM) or of its largest finished child, MB.
+
+    VmHWM, not getrusage's maxrss, for the process itself: Linux carries maxrss over exec, so a
+    job started by a large parent (Snakemake, pytest) would report the parent's size."""
     import resource
 
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024.0  # Linux: kB
+    unit_kb = 1 / 1024 if sys.platform == "darwin" else 1  # maxrss: bytes on macOS, kB on Linux
+    own_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit_kb
+    try:
+        with open("/proc/self/status") as status:
+            own_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):  # no /proc (macOS): maxrss
+        pass
+    children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit_kb
+    return max(own_kb, children_kb) / 1024.0
 
 
 def collect_failures(
