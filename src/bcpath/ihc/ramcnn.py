@@ -71,6 +71,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,7 +83,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from bcpath.engine import choose_device
+from bcpath.engine import choose_device, fit
 from bcpath.errors import BcpathError
 
 if TYPE_CHECKING:
@@ -492,7 +493,9 @@ def train_ramcnn(
 
     Every epoch visits each core ``n_dla_labels`` times, each copy with its own DLA label
     (drawn once, before training, from N(reference, ``dla_sigma``²), σ in H-Score points) and a
-    fresh augmentation, in a seeded random order. Loss: MSE on H / 300; optimiser: Adam.
+    fresh augmentation, in a seeded random order. Loss: MSE on H / 300; optimiser: Adam. The
+    epochs run through :func:`bcpath.engine.fit` (every epoch, no validation split, as the
+    paper; its checkpoints go to a scratch folder) and the last epoch's model is returned.
 
     Args:
         cores: (sini, siti, reference H-Score, core id) per core; sini/siti square 2-D
@@ -551,7 +554,8 @@ def train_ramcnn(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     history: list[dict[str, float]] = []
     n = len(index)
-    for epoch in range(1, epochs + 1):
+
+    def train_epoch(epoch: int) -> dict[str, float]:
         started = time.perf_counter()
         model.train()
         order = torch.randperm(n, generator=generator).numpy()
@@ -571,9 +575,16 @@ def train_ramcnn(
         history.append(
             {"epoch": epoch, "loss": mse, "rmse_h": math.sqrt(mse) * H_SCORE_MAX, "n_samples": n, "seconds": round(time.perf_counter() - started, 3)}
         )
-        logger.debug("RAM-CNN epoch %d: loss %.5f (RMSE %.1f H-Score points), %.1fs", epoch, mse, history[-1]["rmse_h"], history[-1]["seconds"])
         if not math.isfinite(mse):
             raise BcpathError(f"RAM-CNN training diverged at epoch {epoch} (loss {mse}); lower lr (now {lr})")
+        return {"loss": mse, "rmse_h": history[-1]["rmse_h"]}
+
+    # The paper's protocol has no validation split: every epoch runs (patience = epochs) and the
+    # model after the last epoch is returned; fit keeps the log and checkpoints (in a scratch
+    # folder: the rule saves the final model itself, CV folds keep none).
+    with tempfile.TemporaryDirectory(prefix="ramcnn-") as scratch:
+        fit(model, train_epoch, lambda epoch: {"train_loss": history[-1]["loss"]}, scratch, epochs=epochs, patience=epochs,
+            monitor="train_loss", name="RAM-CNN")
     return model.eval(), history
 
 

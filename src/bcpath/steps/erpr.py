@@ -67,7 +67,7 @@ def predict_patches_step(input: Any, output: Any, params: Any, threads: int = 1,
     tables = predict_slide_models(
         models, input.tiles, input.grid, tissue_mask=read_mask(input.mask), mask_mpp=mask_mpp,
         stride_px=params.inference.get("stride_px"),
-        batch_size=int(params.inference.get("batch_size", 64)),
+        batch_size=int(params.inference["batch_size"]),
         num_workers=params.inference.get("num_workers"),
         device=params.inference.get("device"),
         threads=threads,
@@ -105,8 +105,7 @@ def train_stage2_step(input: Any, output: Any, params: Any, **_: Any) -> None:
 
     train_stage2(
         list(input.predictions), input.samples, params.biomarker, output.model, output.tuning,
-        tune=bool(params.stage2.get("tune", True)), folds=int(params.stage2.get("folds", 10)),
-        seed=int(params.stage2.get("seed", 0)),
+        tune=bool(params.stage2["tune"]), folds=int(params.stage2["folds"]), seed=int(params.stage2["seed"]),
     )
 
 
@@ -117,9 +116,8 @@ def evaluate_stage2_step(input: Any, output: Any, params: Any, **_: Any) -> None
     evaluate_stage2(
         input.model, list(input.predictions), input.samples, params.biomarker,
         output.predictions, output.evaluation, output.roc,
-        n_bootstrap=int(params.evaluation.get("n_bootstrap", 1000)),
-        confidence=float(params.evaluation.get("confidence", 0.95)),
-        seed=int(params.evaluation.get("seed", 0)),
+        n_bootstrap=int(params.evaluation["n_bootstrap"]), confidence=float(params.evaluation["confidence"]),
+        seed=int(params.evaluation["seed"]),
     )
 
 

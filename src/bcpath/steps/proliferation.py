@@ -147,7 +147,7 @@ def train_mitosis_model_step(input: Any, output: Any, params: Any, threads: int 
             continue
         crops, pool = slide_training_crops(
             row["path"], str(slide_id), row["mitoses"], row.get("annotations"), spec, list(params.tumor_classes),
-            int(training.get("negatives_per_slide", 400)), int(training.get("seed", 0)) * 1000 + index, crop_px,
+            int(training["negatives_per_slide"]), int(training["seed"]) * 1000 + index, crop_px,
         )
         sets[row["split"]].append(crops)
         (pools if row["split"] == "train" else tune_pools).append(pool)
