@@ -20,6 +20,8 @@ from bcpath.errors import BcpathError
 from bcpath.ihc.ramcnn import RamcnnSettings, train_ramcnn
 from bcpath.nuclei.slide import SegmentationSettings, segment_slide
 from bcpath.nuclei.training import NucleiTrainSettings
+from bcpath.proliferation.locnet import LocNetTrainConfig
+from bcpath.proliferation.mitosis import MitosisTrainConfig
 from bcpath.settings import from_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +32,9 @@ SECTIONS: list[tuple[type, tuple[str, ...], set[str], set[str]]] = [
     (NucleiTrainSettings, ("nuclei", "training"), {"data"}, set()),
     (RamcnnSettings, ("ihc", "ramcnn"), {"enabled"}, set()),
     (TrainConfig, ("erpr", "training"), {"pretrained"}, {"num_workers", "device", "threads", "augment"}),
+    (LocNetTrainConfig, ("proliferation", "locnet_training"), set(), {"weight_decay", "threads"}),
+    (MitosisTrainConfig, ("proliferation", "mitosis_training"), {"negatives_per_slide"},
+     {"weight_decay", "positive_weight", "atypical_weight", "threads", "max_minutes"}),
 ]
 
 
