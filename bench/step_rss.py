@@ -57,6 +57,17 @@ def _slide_path(run_dir: Path, slide: str) -> str:
     return str(path if path.is_absolute() else run_dir / path)
 
 
+def _tissue_inputs(run_dir: Path, slide: str) -> dict[str, str]:
+    """The slide, its info.json and its tissue mask and QC: the inputs of the steps after detect_tissue."""
+    tissue = run_dir / "results" / "slides" / slide / "tissue"
+    return {
+        "slide": _slide_path(run_dir, slide),
+        "info": str(run_dir / "results" / "slides" / slide / "info.json"),
+        "mask": str(tissue / "mask.png"),
+        "qc": str(tissue / "qc.json"),
+    }
+
+
 def _target(step: str) -> str:
     """The ``module:function`` the rule's script runs (wherever the step function lives)."""
     from bcpath.workflow import step_target
@@ -86,12 +97,7 @@ def _job(step: str, run_dir: Path, slide: str, out: Path, config: dict[str, Any]
         }
         return _target(step), inputs, outputs, params
     if step == "segment_nuclei":
-        inputs = {
-            "slide": _slide_path(run_dir, slide),
-            "info": str(results / "info.json"),
-            "mask": str(results / "tissue" / "mask.png"),
-            "qc": str(results / "tissue" / "qc.json"),
-        }
+        inputs = _tissue_inputs(run_dir, slide)
         if (results / "nuclei" / "region.png").exists():
             inputs["region"] = str(results / "nuclei" / "region.png")
         outputs = {"labels": str(out / "labels.zarr"), "geojson": str(out / "nuclei.geojson"), "features": str(out / "features.parquet")}
@@ -102,12 +108,7 @@ def _job(step: str, run_dir: Path, slide: str, out: Path, config: dict[str, Any]
         outputs = {name: str(out / file) for name, file in names.items()}
         return _target(step), inputs, outputs, {"tissue": config["tissue"], "qc": config["qc"], "user_mask": None}
     if step == "tile_slide":
-        inputs = {
-            "slide": _slide_path(run_dir, slide),
-            "info": str(results / "info.json"),
-            "mask": str(results / "tissue" / "mask.png"),
-            "qc": str(results / "tissue" / "qc.json"),
-        }
+        inputs = _tissue_inputs(run_dir, slide)
         outputs = {"zarr": str(out / "tiles.zarr"), "grid": str(out / "grid.parquet"), "h5": str(out / "patches.h5")}
         return _target(step), inputs, outputs, {"tiling": config["tiling"]}
     raise SystemExit(f"unknown step {step}; known: {', '.join(STEPS)}")
