@@ -95,3 +95,9 @@ def test_step_rss_builds_the_rules_jobs(tmp_path):
     target, inputs, outputs, params = step_rss._job("detect_mitoses", tmp_path / "run", "s1", tmp_path / "out", config)
     assert target.endswith(":detect_mitoses_step") and set(outputs) == {"mitoses", "geojson", "hotspot", "features"}
     assert params["detection"] == config["proliferation"]["detection"] and "train_json" in inputs
+    target, inputs, outputs, params = step_rss._job("detect_tissue", tmp_path / "run", "s1", tmp_path / "out", config)
+    assert target.endswith(":detect_tissue_step") and set(outputs) == {"mask", "geojson", "thumbnail", "qc"}
+    assert params["tissue"] == config["tissue"] and params["qc"] == config["qc"] and not params["user_mask"]
+    target, inputs, outputs, params = step_rss._job("tile_slide", tmp_path / "run", "s1", tmp_path / "out", config)
+    assert target.endswith(":tile_slide_step") and set(outputs) == {"zarr", "grid", "h5"}
+    assert {"mask", "qc"} <= set(inputs) and params["tiling"] == config["tiling"] and step_rss.STEPS["tile_slide"] == 2

@@ -66,6 +66,32 @@ def test_fill_small_holes_leaves_border_background():
     assert filled[21, 21] and not filled[0, 0] and filled.sum() == 900
 
 
+def test_fill_small_holes_matches_scipy_fill_holes_on_random_masks():
+    """One labelling of the background fills what binary_fill_holes & ~mask labelled did."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    for density in (0.3, 0.5, 0.7):
+        mask = ndimage.binary_opening(rng.random((300, 420)) < density)
+        holes = ndimage.binary_fill_holes(mask) & ~mask
+        labels, count = ndimage.label(holes)
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        small = sizes < 12
+        small[0] = False
+        np.testing.assert_array_equal(fill_small_holes(mask, max_hole_px=12), mask | small[labels])
+
+
+def test_component_labels_fall_back_to_int32_past_65535_components():
+    from bcpath.tissue import _component_areas
+
+    mask = np.zeros((600, 600), dtype=bool)
+    mask[::2, ::2] = True  # 90,000 single-pixel components
+    labels, areas = _component_areas(mask)
+    assert labels.dtype == np.int32 and len(areas) == 90_001 and labels.max() == 90_000
+    labels, areas = _component_areas(mask[:100, :100])
+    assert labels.dtype == np.uint16 and len(areas) == 2_501 and (areas[1:] == 1).all()
+
+
 def test_geojson_round_trip_matches_mask():
     image, _ = _synthetic_thumbnail(np.random.default_rng(3))
     mask = detect_tissue(image, mpp=8.0)

@@ -164,6 +164,38 @@ def test_fast_tiff_reads_match_openslide_on_pyramidal_jpeg_tiff(tmp_path):
         assert (outside[10:] == 255).all() and (outside[:, 10:] == 255).all()
 
 
+def test_tile_cache_bounds_the_decoded_tiles_not_the_pixels(tmp_path):
+    from bcpath.demo.writer import write_slide_tiff
+    from bcpath.wsi.reader import FAST_TIFF_CACHE_BYTES
+
+    rng = np.random.default_rng(2)
+    rgb = cv2.GaussianBlur(rng.integers(0, 256, (900, 1300, 3), dtype=np.uint8), (0, 0), 2)
+    path = tmp_path / "pyramid.tiff"
+    write_slide_tiff(path, rgb, mpp=0.5, tile=256)
+    with open_slide(path) as slide:
+        fast = slide._backend._fast
+        corners = [(0, 36), (211, 37)]  # level 1 (2x): read directly, and by OpenSlide (odd px)
+        expected = [slide.read_region(x, y, 700, 300, 1.3) for x, y in corners]
+        assert fast._cache_bytes > 0
+        with slide.tile_cache(0):
+            assert fast._cache_bytes == 0
+            for (x, y), pixels in zip(corners, expected, strict=True):
+                np.testing.assert_array_equal(slide.read_region(x, y, 700, 300, 1.3), pixels)
+            assert fast._cache_bytes <= 256 * 256 * 3  # the last tile only
+        assert fast._cache_limit == FAST_TIFF_CACHE_BYTES
+        np.testing.assert_array_equal(slide.thumbnail(8.0), slide.thumbnail(8.0))
+        assert fast._cache_bytes == 0 and fast._cache_limit == FAST_TIFF_CACHE_BYTES
+
+
+def test_rgba_on_white_in_row_blocks_matches_the_whole_image_formula():
+    from bcpath.wsi.reader import _rgba_to_rgb_on_white
+
+    rgba = np.random.default_rng(4).integers(0, 256, (700, 90, 4), dtype=np.uint8)
+    a = rgba[..., 3:4].astype(np.uint16)
+    expected = ((rgba[..., :3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+    np.testing.assert_array_equal(_rgba_to_rgb_on_white(rgba), expected)
+
+
 def test_fast_tiff_reads_match_openslide_on_aperio_jpeg(require_shared):
     path = require_shared("wsi/CMU-1-Small-Region.svs")
     levels, max_diff, mean_diff = _compare_fast_and_openslide(path, windows_per_level=20)

@@ -35,9 +35,20 @@ def is_grayscale(rgb: np.ndarray, tolerance: int = 2, fraction: float = 0.999) -
     x = np.asarray(rgb)
     if x.ndim == 2 or (x.ndim == 3 and x.shape[2] == 1):
         return True
-    x = x[..., :3].astype(np.int16)
-    spread = x.max(axis=-1) - x.min(axis=-1)
-    return bool(np.mean(spread <= tolerance) >= fraction)
+    n_pixels = x.size // x.shape[-1]
+    if n_pixels == 0:
+        return False
+    close = 0
+    for top in range(0, x.shape[0], _BLOCK_ROWS):  # blocks of rows: no whole-image int16 copy
+        block = x[top : top + _BLOCK_ROWS, ..., :3]
+        if block.dtype != np.uint8:  # uint8: max - min cannot wrap around
+            block = block.astype(np.int16)
+        close += int(np.count_nonzero(block.max(axis=-1) - block.min(axis=-1) <= tolerance))
+    return close / n_pixels >= fraction
+
+
+#: Rows per block in whole-image checks (:func:`is_grayscale`): a few MB of temporaries at most.
+_BLOCK_ROWS = 256
 
 
 def laplacian_variance(grey: np.ndarray, where: np.ndarray, float32: bool = False) -> float:

@@ -85,6 +85,18 @@ def pen_mask(rgb: np.ndarray) -> np.ndarray:
 _MASK_BLOCK_ROWS = 256
 
 
+def hsv_saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation (OpenCV's, 0-255) of an (H, W, 3) uint8 RGB image → (H, W) uint8, converted
+    in blocks of rows: no whole-image HSV copy (3 bytes/px) of a whole-slide thumbnail."""
+    import cv2
+
+    saturation = np.empty(rgb.shape[:2], dtype=np.uint8)
+    for top in range(0, rgb.shape[0], _MASK_BLOCK_ROWS):
+        block = np.ascontiguousarray(rgb[top : top + _MASK_BLOCK_ROWS, :, :3])
+        saturation[top : top + _MASK_BLOCK_ROWS] = cv2.cvtColor(block, cv2.COLOR_RGB2HSV)[..., 1]
+    return saturation
+
+
 def _hue_step_at_least(degrees: float) -> int:
     """Smallest OpenCV full-range hue step (0-255) whose angle step · 360/256 is ≥ ``degrees``."""
     return int(math.ceil(degrees * 256.0 / 360.0))
@@ -96,30 +108,43 @@ def _hue_step_at_most(degrees: float) -> int:
 
 
 def _component_areas(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """4-connected components of an (H, W) bool mask: (labels (H, W) int32, 0 = background;
-    areas (n + 1,) px, areas[0] = background). cv2 counts the areas itself, so no int64 copy of
-    the labels is made (np.bincount's), which matters on whole-slide thumbnails."""
+    """4-connected components of an (H, W) bool mask: (labels (H, W) uint16, or int32 from
+    65,536 components on, 0 = background; areas (n + 1,) px, areas[0] = background). cv2 counts
+    the areas itself, so no int64 copy of the labels is made (np.bincount's), which matters on
+    whole-slide thumbnails; 2-byte labels halve the largest array of tissue detection."""
     import cv2
 
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    try:  # OpenCV refuses (cv2.error) rather than wraps when 16-bit labels overflow
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(_as_uint8(mask), connectivity=4, ltype=cv2.CV_16U)
+    except cv2.error:
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(_as_uint8(mask), connectivity=4, ltype=cv2.CV_32S)
     return labels, stats[:count, cv2.CC_STAT_AREA]
+
+
+def _as_uint8(mask: np.ndarray) -> np.ndarray:
+    """An (H, W) bool mask as 0/1 uint8 for OpenCV: a view of a bool array, no copy."""
+    return mask.view(np.uint8) if mask.dtype == np.bool_ else mask.astype(np.uint8)
 
 
 def fill_small_holes(mask: np.ndarray, max_hole_px: int) -> np.ndarray:
     """Fill enclosed holes smaller than ``max_hole_px`` in an (H, W) bool mask.
 
     Background touching the image border is never a hole (skimage's remove_small_holes
-    would fill small border pockets of glass as well).
+    would fill small border pockets of glass as well). The holes are the 4-connected background
+    components that do not touch the border (what scipy's binary_fill_holes fills), found with
+    one labelling of the background: (H, W) int32 labels, no further whole-mask copies.
     """
-    from scipy import ndimage
-
-    holes = ndimage.binary_fill_holes(mask) & ~mask
-    labels, sizes = _component_areas(holes)
-    if len(sizes) <= 1:
-        return mask
+    if mask.size == 0:
+        return mask.copy()
+    labels, sizes = _component_areas(~mask)  # label 0: the mask's pixels
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     small = sizes < max_hole_px
     small[0] = False
-    return mask | small[labels]
+    small[border] = False
+    filled = small[labels]
+    del labels
+    filled |= mask
+    return filled
 
 
 def detect_tissue(thumbnail: np.ndarray, mpp: float, params: TissueParams = TissueParams()) -> np.ndarray:
@@ -137,21 +162,29 @@ def detect_tissue(thumbnail: np.ndarray, mpp: float, params: TissueParams = Tiss
     from scipy import ndimage
     from skimage import morphology
 
-    hsv = cv2.cvtColor(thumbnail, cv2.COLOR_RGB2HSV)
-    saturation = hsv[..., 1]
+    from bcpath.io import release_free_memory
+
+    saturation = hsv_saturation(thumbnail)
     if params.median_blur_px > 1:
         saturation = cv2.medianBlur(saturation, params.median_blur_px | 1)
     otsu, _ = cv2.threshold(saturation, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     threshold = max(float(otsu), float(params.min_saturation))
     mask = saturation > threshold
+    del saturation
     if params.exclude_pen:
-        mask &= ~pen_mask(thumbnail)
+        ink = pen_mask(thumbnail)
+        np.logical_not(ink, out=ink)
+        mask &= ink
+        del ink
+    release_free_memory()
     labels, areas = _component_areas(mask)  # skimage's remove_small_objects (4-connected), without its int64 copy
     keep = areas >= _area_px(params.min_object_area_mm2, mpp)
     keep[0] = False
     mask = keep[labels]
     del labels
+    release_free_memory()  # freed whole-thumbnail arrays stay resident in glibc's heap otherwise
     mask = fill_small_holes(mask, _area_px(params.max_hole_area_mm2, mpp))
+    release_free_memory()
     radius = int(round(params.dilation_um / mpp))
     if radius > 0 and mask.any():
         mask = ndimage.binary_dilation(mask, structure=morphology.disk(radius))
@@ -190,7 +223,7 @@ def mask_to_geojson_features(mask: np.ndarray, mask_mpp: float, slide_mpp: float
     """Tissue contours as QuPath annotations in level-0 px (one Polygon per piece, holes kept)."""
     import cv2
 
-    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    contours, hierarchy = cv2.findContours(_as_uint8(mask), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
         return []
     scale = mask_mpp / slide_mpp
@@ -222,12 +255,13 @@ def mask_to_geojson_features(mask: np.ndarray, mask_mpp: float, slide_mpp: float
     return features
 
 
-def draw_contours(thumbnail: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Thumbnail (H, W, 3) uint8 with the tissue contour drawn in green."""
+def draw_contours(thumbnail: np.ndarray, mask: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """Thumbnail (H, W, 3) uint8 with the tissue contour of the (H, W) bool ``mask`` drawn in
+    green: a copy, or ``thumbnail`` itself with ``in_place`` (no second whole-slide image)."""
     import cv2
 
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    out = thumbnail.copy()
+    contours, _ = cv2.findContours(_as_uint8(mask), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    out = thumbnail if in_place else thumbnail.copy()
     thickness = max(1, int(round(max(thumbnail.shape[:2]) / 500)))
     cv2.drawContours(out, contours, -1, (0, 200, 0), thickness)
     return out
@@ -286,14 +320,26 @@ def qc_metrics(
     import cv2
 
     pixel_mm2 = (mask_mpp / 1000.0) ** 2
-    tissue_area = float(mask.sum() * pixel_mm2)
+    n_tissue = int(np.count_nonzero(mask))
+    tissue_area = float(n_tissue * pixel_mm2)
     pens = pen_mask(thumbnail)
-    grey = cv2.cvtColor(thumbnail, cv2.COLOR_RGB2GRAY)
-    background = grey[~mask & ~pens]
-    ink_or_tissue = mask | pens
-    pen_fraction = float(pens[ink_or_tissue].mean()) if ink_or_tissue.any() else 0.0
+    # Whole-thumbnail temporaries only a block of rows at a time: the grey values of the
+    # background (neither tissue nor ink, row-major as one array) and the ink-or-tissue count.
+    background_parts, n_ink_or_tissue = [], 0
+    for top in range(0, thumbnail.shape[0], _MASK_BLOCK_ROWS):
+        rows = slice(top, top + _MASK_BLOCK_ROWS)
+        ink_or_tissue = mask[rows] | pens[rows]
+        n_ink_or_tissue += int(np.count_nonzero(ink_or_tissue))
+        np.logical_not(ink_or_tissue, out=ink_or_tissue)
+        background_parts.append(cv2.cvtColor(np.ascontiguousarray(thumbnail[rows, :, :3]), cv2.COLOR_RGB2GRAY)[ink_or_tissue])
+    background = np.concatenate(background_parts)
+    del background_parts
+    # Ink pixels are all ink-or-tissue pixels: the share of ink among them is a ratio of counts.
+    pen_fraction = int(np.count_nonzero(pens)) / n_ink_or_tissue if n_ink_or_tissue else 0.0
+    del pens
     blur = blur_score(slide, mask, mask_mpp)
     background_brightness = float(background.mean()) if background.size else None
+    del background
     flags = []
     if tissue_area < thresholds.min_tissue_area_mm2:
         flags.append("no_tissue" if tissue_area == 0 else "little_tissue")
@@ -308,7 +354,7 @@ def qc_metrics(
         "mask_source": mask_source,
         "mask_mpp": mask_mpp,
         "tissue_area_mm2": round(tissue_area, 4),
-        "tissue_fraction": round(float(mask.mean()), 5),
+        "tissue_fraction": round(n_tissue / mask.size, 5),
         "n_tissue_pieces": None,
         "blur_score": None if blur is None else round(blur, 2),
         "pen_fraction": round(pen_fraction, 5),
@@ -334,7 +380,13 @@ def check_colour(thumbnail: np.ndarray, slide_id: str) -> None:
     """
     from bcpath.images import is_grayscale
 
-    has_content = float((np.asarray(thumbnail)[..., :3].min(axis=-1) < _CONTENT_LEVEL).mean()) >= _CONTENT_FRACTION
+    rgb = np.asarray(thumbnail)
+    n_pixels = rgb.shape[0] * rgb.shape[1]
+    dark = sum(  # in blocks of rows: no whole-thumbnail temporaries
+        int(np.count_nonzero(rgb[top : top + _MASK_BLOCK_ROWS, :, :3].min(axis=-1) < _CONTENT_LEVEL))
+        for top in range(0, rgb.shape[0], _MASK_BLOCK_ROWS)
+    )
+    has_content = n_pixels > 0 and dark / n_pixels >= _CONTENT_FRACTION
     if has_content and is_grayscale(thumbnail):
         raise SlideError(
             slide_id,
@@ -364,7 +416,7 @@ def extract_tissue(
     """
     from PIL import Image
 
-    from bcpath.io import atomic_path, write_json
+    from bcpath.io import atomic_path, release_free_memory, write_json
 
     out_dir = Path(out_dir)
     mask_mpp = max(params.mask_mpp, slide.mpp)
@@ -387,10 +439,19 @@ def extract_tissue(
     qc = qc_metrics(slide, thumbnail, mask, mask_mpp, source, thresholds)
     qc["n_tissue_pieces"] = len(features)
     qc["params"] = asdict(params)
+    release_free_memory()  # the QC's whole-thumbnail temporaries, kept resident by glibc otherwise
     with atomic_path(out_dir / "mask.png") as tmp:
-        Image.fromarray(mask.astype(np.uint8) * np.uint8(255)).save(tmp)  # uint8 throughout: no int64 copy of the mask
+        Image.fromarray(_as_uint8(mask) * np.uint8(255)).save(tmp)  # uint8 throughout: no int64 copy of the mask
+    # The mask's and the thumbnail's last uses: PIL's copy of the thumbnail (4 bytes/px) is
+    # made without the mask and encoded without the thumbnail.
+    draw_contours(thumbnail, mask, in_place=True)
+    del mask
+    release_free_memory()
+    image = Image.fromarray(thumbnail)
+    del thumbnail
     with atomic_path(out_dir / "thumbnail.png") as tmp:
-        Image.fromarray(draw_contours(thumbnail, mask)).save(tmp)
+        image.save(tmp)
+    del image
     geojson.write_geojson(out_dir / "tissue.geojson", features)
     write_json(out_dir / "qc.json", qc)
     logger.info("slide %s: %.2f mm² tissue in %d pieces, flags %s", slide.slide_id, qc["tissue_area_mm2"], len(features), qc["flags"])

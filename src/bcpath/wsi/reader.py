@@ -14,12 +14,14 @@ read-only and never modified.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +30,7 @@ import numpy as np
 
 from bcpath.errors import SlideError
 from bcpath.images import IMAGE_SUFFIXES
+from bcpath.io import release_free_memory
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,9 @@ class _Backend(Protocol):
 # (JPEG: libjpeg-turbo in both; lossless codecs: exact). JPEG 2000 (Aperio 33003/33005)
 # and everything else stay on OpenSlide.
 _FAST_COMPRESSIONS = {1: "none", 5: "lzw", 7: "jpeg", 8: "deflate", 32946: "deflate", 50000: "zstd"}
+#: Decoded-tile cache of the direct TIFF reads, and OpenSlide's own (its default), in bytes.
+FAST_TIFF_CACHE_BYTES = 64 << 20
+OPENSLIDE_CACHE_BYTES = 32 << 20
 # Set BCPATH_FAST_TIFF=0 to read every pixel through OpenSlide (for comparisons).
 _FAST_TIFF_ENV = "BCPATH_FAST_TIFF"
 
@@ -77,7 +83,7 @@ class _FastTiffReader:
     adjacent requests share edge tiles. Everything else is left to OpenSlide.
     """
 
-    def __init__(self, path: Path, level_dimensions: list[tuple[int, int]], cache_bytes: int = 64 << 20) -> None:
+    def __init__(self, path: Path, level_dimensions: list[tuple[int, int]], cache_bytes: int = FAST_TIFF_CACHE_BYTES) -> None:
         import tifffile
 
         self._tif = tifffile.TiffFile(str(path))
@@ -171,10 +177,22 @@ class _FastTiffReader:
             if key not in self._cache:
                 self._cache[key] = tile
                 self._cache_bytes += tile.nbytes
-                while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
-                    _, old = self._cache.popitem(last=False)
-                    self._cache_bytes -= old.nbytes
+                self._evict(keep=1)
         return tile
+
+    def _evict(self, keep: int) -> None:
+        """Drop least recently used tiles until the cache fits its bound (at least ``keep``
+        tiles stay); the caller holds the lock."""
+        while self._cache_bytes > self._cache_limit and len(self._cache) > keep:
+            _, old = self._cache.popitem(last=False)
+            self._cache_bytes -= old.nbytes
+
+    def set_cache_limit(self, max_bytes: int) -> None:
+        """Bound the decoded-tile cache to ``max_bytes``, dropping the oldest tiles (0: empty it
+        now; later reads keep only the last tile)."""
+        with self._lock:
+            self._cache_limit = int(max_bytes)
+            self._evict(keep=0)
 
     def read(self, level: int, lx: int, ly: int, width: int, height: int) -> np.ndarray:
         """(height, width, 3) uint8 at level pixel (lx, ly); white outside the level."""
@@ -199,9 +217,7 @@ class _FastTiffReader:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        with self._lock:
-            self._cache.clear()
-            self._cache_bytes = 0
+        self.set_cache_limit(0)
         self._tif.close()
 
 
@@ -249,6 +265,18 @@ class _OpenSlideBackend:
                 return fast.read(level, int(lx), int(ly), width, height)
         region = self._slide.read_region((x0, y0), level, (width, height))
         return _rgba_to_rgb_on_white(np.asarray(region))
+
+    def set_tile_cache(self, max_bytes: int | None) -> None:
+        """Bound both decoded-tile caches, the direct TIFF reads' and OpenSlide's, to ``max_bytes``
+        (None: their sizes at open, 64 MiB and OpenSlide's 32 MiB); tiles cached so far are
+        dropped."""
+        import openslide
+
+        if self._fast is not None:
+            self._fast.set_cache_limit(0)
+            self._fast.set_cache_limit(FAST_TIFF_CACHE_BYTES if max_bytes is None else max_bytes)
+        if hasattr(self._slide, "set_cache"):  # OpenSlide >= 4 and openslide-python >= 1.3
+            self._slide.set_cache(openslide.OpenSlideCache(OPENSLIDE_CACHE_BYTES if max_bytes is None else max_bytes))
 
     def properties(self) -> dict[str, str]:
         return dict(self._slide.properties)
@@ -396,13 +424,17 @@ def _rgba_to_rgb_on_white(rgba: np.ndarray) -> np.ndarray:
     OpenSlide returns transparent pixels outside the scanned area; white is what a
     pathologist sees there (glass), and what tissue detection treats as background.
     """
-    alpha = rgba[..., 3]
-    rgb = rgba[..., :3]
-    if alpha.min() == 255:
-        return np.ascontiguousarray(rgb)
-    a = alpha[..., None].astype(np.uint16)
-    blended = (rgb.astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
-    return blended.astype(np.uint8)
+    if rgba[..., 3].min() == 255:
+        return np.ascontiguousarray(rgba[..., :3])
+    out = np.empty((*rgba.shape[:2], 3), dtype=np.uint8)
+    for top in range(0, rgba.shape[0], _BLEND_ROWS):  # uint16 temporaries of a block of rows only
+        block = rgba[top : top + _BLEND_ROWS]
+        a = block[..., 3:4].astype(np.uint16)
+        out[top : top + _BLEND_ROWS] = (block[..., :3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
+    return out
+
+
+_BLEND_ROWS = 256
 
 
 def _to_rgb_uint8(block: np.ndarray) -> np.ndarray:
@@ -457,6 +489,7 @@ class Slide:
     mpp: float
     mpp_source: str
     _backend: Any = field(repr=False)
+    _tile_cache_bytes: int | None = field(default=None, repr=False)  # None: the caches' sizes at open
 
     @property
     def reader(self) -> str:
@@ -507,6 +540,24 @@ class Slide:
                 "the file is probably truncated or corrupt; copy it again from the scanner or archive",
             ) from error
 
+    @contextlib.contextmanager
+    def tile_cache(self, max_bytes: int) -> Iterator[None]:
+        """Bound the reader's caches of decoded tiles (OpenSlide's and the direct TIFF reads')
+        to ``max_bytes`` inside the block (0: keep none), for reads that seldom revisit a tile;
+        the previous bound is restored after it. Cached tiles are dropped on entry and exit.
+        A no-op for backends without such caches."""
+        setter = getattr(self._backend, "set_tile_cache", None)
+        if setter is None:
+            yield
+            return
+        previous, self._tile_cache_bytes = self._tile_cache_bytes, int(max_bytes)
+        setter(self._tile_cache_bytes)
+        try:
+            yield
+        finally:
+            self._tile_cache_bytes = previous
+            setter(previous)
+
     def read_region(self, x0: float, y0: float, width: int, height: int, mpp: float) -> np.ndarray:
         """Read a region at a target resolution.
 
@@ -518,6 +569,11 @@ class Slide:
         Returns:
             (height, width, 3) uint8 RGB. Pixels outside the slide are white.
         """
+        return np.ascontiguousarray(self._region(x0, y0, width, height, mpp))
+
+    def _region(self, x0: float, y0: float, width: int, height: int, mpp: float) -> np.ndarray:
+        """:meth:`read_region`'s pixels, possibly a view cropped from a larger resampled block
+        (not contiguous): callers that copy them anyway skip one copy."""
         import cv2
 
         warp = getattr(self._backend, "warp_region", None)
@@ -539,7 +595,7 @@ class Slide:
             return block
         interpolation = cv2.INTER_AREA if scale >= 1 else cv2.INTER_LINEAR
         resized = cv2.resize(block, (full_w, full_h), interpolation=interpolation)
-        return np.ascontiguousarray(resized[:height, :width])
+        return resized[:height, :width]
 
     def thumbnail(self, mpp: float, band_px: int = 1024, band_source_px: int = 32_000_000) -> np.ndarray:
         """Whole slide at ``mpp`` (coarser than level 0), read in horizontal bands.
@@ -557,9 +613,13 @@ class Slide:
         source_per_out = mpp / self.level_mpp(self.best_level_for_mpp(mpp))
         rows_per_band = max(1, min(band_px, int(band_source_px // (out_w * source_per_out**2))))
         out = np.empty((out_h, out_w, 3), dtype=np.uint8)
-        for row in range(0, out_h, rows_per_band):
-            rows = min(rows_per_band, out_h - row)
-            out[row : row + rows] = self.read_region(0, row * factor, out_w, rows, mpp)
+        # Each band reads its tiles once (a band's edge row of tiles twice): no tile cache,
+        # which would otherwise keep the whole level resident after the read.
+        with self.tile_cache(0):
+            for row in range(0, out_h, rows_per_band):
+                rows = min(rows_per_band, out_h - row)
+                out[row : row + rows] = self._region(0, row * factor, out_w, rows, mpp)
+        release_free_memory()  # the bands' freed blocks, kept resident by glibc otherwise
         return out
 
     def info(self) -> dict[str, Any]:
