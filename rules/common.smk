@@ -12,6 +12,7 @@ from bcpath.workflow import (
     FinishedJob,
     clear_finished_jobs,
     collect_failures,
+    gpu_request,
     record_failed_jobs,
     step_code_version,
     write_partial_table,

@@ -25,7 +25,7 @@ rule train_tumor_locnet:
     resources:
         mem_mb=4000,
         runtime=120,
-        gpu=1,
+        gpu=gpu_request(PROLIF["locnet_training"]["device"]),
     conda:
         "../envs/proliferation.yaml"
     script:
@@ -93,7 +93,7 @@ rule train_mitosis_model:
     resources:
         mem_mb=4000,
         runtime=120,
-        gpu=1,
+        gpu=gpu_request(PROLIF["mitosis_training"]["device"]),
     conda:
         "../envs/proliferation.yaml"
     script:
@@ -127,7 +127,7 @@ rule detect_mitoses:
     resources:
         mem_mb=3000,
         runtime=60,
-        gpu=1,
+        gpu=gpu_request(PROLIF["detection"]["device"]),
     conda:
         "../envs/proliferation.yaml"
     script:
