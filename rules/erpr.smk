@@ -29,8 +29,8 @@ rule train_patch_classifier:
         model_id=lambda wildcards: wildcards.model,
         biomarker=lambda wildcards: MODEL_BIOMARKER[wildcards.model],
         training=ERPR["training"],
-    # CPU: the cores go to the model's intra-op threads; CUDA when present
-    threads: 2
+    # CPU: the threads go to the model's intra-op threads (half the cores: two trainings run side by side)
+    threads: half_the_cores(cap=8)
     resources:
         mem_mb=6000,
         runtime=240,
