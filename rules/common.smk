@@ -12,6 +12,7 @@ from bcpath.workflow import (
     FinishedJob,
     clear_finished_jobs,
     collect_failures,
+    gpu_request,
     record_failed_jobs,
     step_code_version,
     write_partial_table,
@@ -20,6 +21,20 @@ from bcpath.workflow import (
 DEMO_DIR = "results/demo_cohort"
 DEMO_TMA_ID = "tma_ihc_01"  # bcpath.demo.tma.TMA_SLIDE_ID (that module imports numpy: not at parse time)
 IS_DEMO = not (config.get("cohort") or config.get("samples"))
+
+
+def half_the_cores(cap):
+    """Threads of a rule that would otherwise hold a small machine: half the cores Snakemake was
+    given (at least 1, at most `cap`). The model trainings use it, so a training runs beside
+    another training or the per-slide jobs (on 2 cores the default demo run took 12:07 this way,
+    14:00-14:56 with 2-thread trainings one at a time), and tile_slide, so it starts while a
+    1-thread training holds one core. 2 where no total is set (cluster runs without --cores;
+    profiles/slurm sets the threads of the GPU rules)."""
+    try:
+        cores = workflow.cores
+    except WorkflowError:
+        return 2
+    return max(1, min(cap, cores // 2))
 
 
 def step_code(script):

@@ -29,12 +29,12 @@ rule train_patch_classifier:
         model_id=lambda wildcards: wildcards.model,
         biomarker=lambda wildcards: MODEL_BIOMARKER[wildcards.model],
         training=ERPR["training"],
-    # CPU: the cores go to the model's intra-op threads; CUDA when present
-    threads: 2
+    # CPU: the threads go to the model's intra-op threads (half the cores: two trainings run side by side)
+    threads: half_the_cores(cap=8)
     resources:
         mem_mb=6000,
         runtime=240,
-        gpu=1,
+        gpu=gpu_request(ERPR["training"].get("device")),
     conda:
         "../envs/erpr.yaml"
     script:
@@ -62,14 +62,14 @@ rule predict_patches:
         model_ids=list(ERPR_ACTIVE.values()),
         inference=ERPR["inference"],
         failure_record=failure_record("predict_patches"),
-    # 1 on CPU: two slides run side by side, which hides each job's ~5 s of torch start-up.
-    # On a GPU give it cores for DataLoader workers: --set-threads predict_patches=8
-    # (profiles/slurm does).
+    # 1 on CPU: two slides run side by side (gpu is 0 without a GPU), which hides each job's
+    # torch start-up. On a GPU give it cores for DataLoader workers:
+    # --set-threads predict_patches=8 (profiles/slurm does).
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
-        gpu=1,
+        gpu=gpu_request(ERPR["inference"]["device"]),
     conda:
         "../envs/erpr.yaml"
     script:
@@ -192,7 +192,7 @@ rule interpret_smoothgrad:
     resources:
         mem_mb=4000,
         runtime=30,
-        gpu=1,
+        gpu=gpu_request(ERPR["inference"]["device"]),
     conda:
         "../envs/erpr.yaml"
     script:
@@ -228,7 +228,7 @@ rule interpret_clusters:
     resources:
         mem_mb=6000,
         runtime=60,
-        gpu=1,
+        gpu=gpu_request(ERPR["inference"]["device"]),
     conda:
         "../envs/erpr.yaml"
     script:
@@ -253,7 +253,7 @@ rule interpret_tcav:
     resources:
         mem_mb=6000,
         runtime=60,
-        gpu=1,
+        gpu=gpu_request(ERPR["inference"]["device"]),
     conda:
         "../envs/erpr.yaml"
     script:

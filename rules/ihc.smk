@@ -109,7 +109,7 @@ rule train_ramcnn:
     resources:
         mem_mb=4000,
         runtime=120,
-        gpu=1 if RAMCNN.get("device") == "cuda" else 0,
+        gpu=gpu_request(RAMCNN.get("device")),
     conda:
         "../envs/ihc.yaml"
     script:

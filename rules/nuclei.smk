@@ -82,7 +82,7 @@ rule train_nuclei_model:
     resources:
         mem_mb=8000,
         runtime=720,
-        gpu=1 if NUCLEI["training"].get("device") == "cuda" else 0,
+        gpu=gpu_request(NUCLEI["training"].get("device")),
     conda:
         "../envs/nuclei.yaml"
     script:

@@ -21,11 +21,11 @@ rule train_tumor_locnet:
         model_id=LOCNET_ID,
         tumor_classes=PROLIF["tumor_classes"],
         training=PROLIF["locnet_training"],
-    threads: 2
+    threads: half_the_cores(cap=8)
     resources:
         mem_mb=4000,
         runtime=120,
-        gpu=1,
+        gpu=gpu_request(PROLIF["locnet_training"]["device"]),
     conda:
         "../envs/proliferation.yaml"
     script:
@@ -89,11 +89,11 @@ rule train_mitosis_model:
         model_id=MITOSIS_ID,
         tumor_classes=PROLIF["tumor_classes"],
         training=PROLIF["mitosis_training"],
-    threads: 2
+    threads: half_the_cores(cap=8)
     resources:
         mem_mb=4000,
         runtime=120,
-        gpu=1,
+        gpu=gpu_request(PROLIF["mitosis_training"]["device"]),
     conda:
         "../envs/proliferation.yaml"
     script:
@@ -127,7 +127,7 @@ rule detect_mitoses:
     resources:
         mem_mb=3000,
         runtime=60,
-        gpu=1,
+        gpu=gpu_request(PROLIF["detection"]["device"]),
     conda:
         "../envs/proliferation.yaml"
     script:

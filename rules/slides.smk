@@ -17,6 +17,9 @@ rule inspect_slide:
         default_mpp=config.get("default_mpp"),
         fingerprint=slide_fingerprint,
         failure_record=failure_record("inspect_slide"),
+    # The per-slide preparation (this rule, detect_tissue, tile_slide) goes first: it is cheap and
+    # unblocks every slide-level step, which then runs beside the model trainings.
+    priority: 10
     # one file read for the sha256; I/O bound
     threads: 1
     resources:
@@ -55,6 +58,7 @@ rule detect_tissue:
         user_mask=sheet_value("tissue_mask"),
         failure_record=failure_record("detect_tissue"),
     # thumbnail read + morphology on a small image: single-threaded
+    priority: 10
     threads: 1
     resources:
         mem_mb=2000,
@@ -84,7 +88,9 @@ rule tile_slide:
         tiling=config["tiling"],
         failure_record=failure_record("tile_slide"),
     # decode (OpenSlide) and resize (OpenCV) release the GIL: reads run in parallel threads
-    threads: 2
+    # (2; 1 on a 2-core machine, so tiling starts beside a 1-thread training)
+    priority: 10
+    threads: half_the_cores(cap=2)
     resources:
         mem_mb=2000,
         runtime=60,

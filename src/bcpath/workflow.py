@@ -326,6 +326,40 @@ PEAK_RSS_PATTERN = r"done for (?P<slide>\S+); peak RSS (?P<mb>\d+) MB"
 benchmarks/ sample RSS every 30 s after a job's first 15 s, so they can miss a long job's peak)."""
 
 
+def visible_cuda_devices(dev_dir: str | os.PathLike[str] = "/dev") -> int:
+    """How many NVIDIA GPUs this machine's processes can use, without importing torch.
+
+    Rule files call it at parse time. ``CUDA_VISIBLE_DEVICES``, when set, wins: its ids up to
+    the first empty or negative one (as CUDA reads it: "" and "-1" hide every GPU). Else the
+    driver's device files ``/dev/nvidia0``, ``/dev/nvidia1``, ... are counted.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        count = 0
+        for device_id in visible.split(","):
+            device_id = device_id.strip()
+            if not device_id or device_id.startswith("-"):
+                break
+            count += 1
+        return count
+    return sum(1 for path in Path(dev_dir).glob("nvidia*") if path.name[len("nvidia") :].isdigit())
+
+
+def gpu_request(device: str | None, dev_dir: str | os.PathLike[str] = "/dev") -> int:
+    """A torch rule's ``gpu`` resource: 1 when its job will run on CUDA, else 0.
+
+    ``device`` is the rule's configured device: "cuda..." asks for a GPU, any other value
+    ("cpu", "mps") does not, and None (CUDA when available, as the steps choose) asks for one
+    when this machine shows a GPU (:func:`visible_cuda_devices`). On a machine without one the
+    torch rules then run side by side instead of one at a time behind the profile's
+    ``resources: gpu: 1``. On a cluster the login node may show none: profiles/slurm asks for
+    GPUs per rule with ``set-resources``.
+    """
+    if device:
+        return 1 if str(device).startswith("cuda") else 0
+    return 1 if visible_cuda_devices(dev_dir) > 0 else 0
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process (VmHWM) or of its largest finished child, MB.
 
