@@ -11,7 +11,7 @@ Measured (2 cores; demo_13 -> scale_01, its 25x real-size copy made by bench/wsi
 detect_mitoses 918 -> 1123 MB (1.22x; 1005 -> 1764 MB before the per-tile heap trim),
 segment_nuclei with fiji 318 -> 385 MB (1.21x; 330 -> 471 MB before the packed label band),
 detect_tissue 129 -> 182 MB (1.41x; 132 -> 252 MB before the row-block passes and uncached
-thumbnail read), tile_slide (2 threads) 207 -> 243 MB, medians, 238-290 MB on scale_01 over 14
+thumbnail read), tile_slide (2 threads, as on 4+ cores) 207 -> 243 MB, medians, 238-290 MB on scale_01 over 14
 runs (1.17x; 222 -> 367 MB before the 8 MiB tile cache while tiling).
 
 The peak is the child's VmHWM (/proc/self/status, read when the step returns: the kernel's
@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Steps this driver builds jobs for, with the threads their rule asks for (rules/*.smk).
+#: Steps this driver builds jobs for, with the threads their rule asks for on 4+ cores (rules/*.smk;
+#: tile_slide gets 1 on 2 cores).
 STEPS = {"detect_mitoses": 1, "segment_nuclei": 1, "detect_tissue": 1, "tile_slide": 2}
 
 
