@@ -13,6 +13,7 @@ from bcpath.workflow import (
     clear_finished_jobs,
     collect_failures,
     gpu_request,
+    half_the_cores,
     record_failed_jobs,
     step_code_version,
     write_partial_table,
@@ -23,18 +24,13 @@ DEMO_TMA_ID = "tma_ihc_01"  # bcpath.demo.tma.TMA_SLIDE_ID (that module imports 
 IS_DEMO = not (config.get("cohort") or config.get("samples"))
 
 
-def half_the_cores(cap):
-    """Threads of a rule that would otherwise hold a small machine: half the cores Snakemake was
-    given (at least 1, at most `cap`). The model trainings use it, so a training runs beside
-    another training or the per-slide jobs (on 2 cores the default demo run took 12:07 this way,
-    14:00-14:56 with 2-thread trainings one at a time), and tile_slide, so it starts while a
-    1-thread training holds one core. 2 where no total is set (cluster runs without --cores;
-    profiles/slurm sets the threads of the GPU rules)."""
-    try:
-        cores = workflow.cores
-    except WorkflowError:
-        return 2
-    return max(1, min(cap, cores // 2))
+# Cores of a local run (None on clusters and inside cluster jobs): rules that take half the
+# machine read it through bcpath.workflow.half_the_cores, so a job's threads are the same where
+# it is scheduled and where it runs.
+try:
+    LOCAL_CORES = workflow.cores if workflow.is_main_process and workflow.local_exec else None
+except WorkflowError:  # no --cores
+    LOCAL_CORES = None
 
 
 def step_code(script):

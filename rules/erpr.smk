@@ -30,7 +30,7 @@ rule train_patch_classifier:
         biomarker=lambda wildcards: MODEL_BIOMARKER[wildcards.model],
         training=ERPR["training"],
     # CPU: the threads go to the model's intra-op threads (half the cores: two trainings run side by side)
-    threads: half_the_cores(cap=8)
+    threads: half_the_cores(LOCAL_CORES, cap=8)
     resources:
         mem_mb=6000,
         runtime=240,

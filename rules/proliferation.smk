@@ -21,7 +21,7 @@ rule train_tumor_locnet:
         model_id=LOCNET_ID,
         tumor_classes=PROLIF["tumor_classes"],
         training=PROLIF["locnet_training"],
-    threads: half_the_cores(cap=8)
+    threads: half_the_cores(LOCAL_CORES, cap=8)
     resources:
         mem_mb=4000,
         runtime=120,
@@ -89,7 +89,7 @@ rule train_mitosis_model:
         model_id=MITOSIS_ID,
         tumor_classes=PROLIF["tumor_classes"],
         training=PROLIF["mitosis_training"],
-    threads: half_the_cores(cap=8)
+    threads: half_the_cores(LOCAL_CORES, cap=8)
     resources:
         mem_mb=4000,
         runtime=120,

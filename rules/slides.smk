@@ -90,7 +90,7 @@ rule tile_slide:
     # decode (OpenSlide) and resize (OpenCV) release the GIL: reads run in parallel threads
     # (2; 1 on a 2-core machine, so tiling starts beside a 1-thread training)
     priority: 10
-    threads: half_the_cores(cap=2)
+    threads: half_the_cores(LOCAL_CORES, cap=2)
     resources:
         mem_mb=2000,
         runtime=60,

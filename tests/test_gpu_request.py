@@ -1,4 +1,5 @@
-"""The torch rules ask for the `gpu` resource only when their job will run on CUDA (issue 15 item 4).
+"""The torch rules ask for the `gpu` resource only when their job will run on CUDA, and trainings
+take half of a local run's cores (issue 15 item 4).
 
 Before, predict_patches, detect_mitoses and the training rules always declared gpu=1, and the
 local profile's `resources: gpu: 1` then ran them one at a time on CPU-only machines too.
@@ -83,3 +84,12 @@ def test_slurm_profile_asks_for_gpus_for_the_torch_rules():
     profile = yaml.safe_load((REPO_ROOT / "profiles/slurm/config.yaml").read_text())
     for rule in TORCH_RULES:
         assert profile["set-resources"][rule]["gpu"] == 1, rule
+
+
+def test_trainings_take_half_of_a_local_run_and_two_threads_on_a_cluster():
+    from bcpath.workflow import half_the_cores
+
+    assert [half_the_cores(cores, cap=8) for cores in (1, 2, 3, 4, 16, 64)] == [1, 1, 1, 2, 8, 8]
+    assert [half_the_cores(cores, cap=2) for cores in (2, 4, 64)] == [1, 2, 2]
+    # cluster (submission and the job itself): the rules' fixed value, so both agree
+    assert half_the_cores(None, cap=8) == 2 and half_the_cores(None, cap=2) == 2

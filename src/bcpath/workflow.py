@@ -360,6 +360,21 @@ def gpu_request(device: str | None, dev_dir: str | os.PathLike[str] = "/dev") ->
     return 1 if visible_cuda_devices(dev_dir) > 0 else 0
 
 
+def half_the_cores(local_cores: int | None, cap: int) -> int:
+    """Threads of a rule that would otherwise hold a small machine: half of a local run's cores
+    (at least 1, at most ``cap``), so a model training runs beside another training or the
+    per-slide jobs, and tile_slide starts while a 1-thread training holds one core. On 2 cores
+    the default demo run took 11:58 this way, 14:00-14:56 with 2-thread trainings one at a time.
+
+    ``local_cores`` is None on a cluster (and inside a cluster job, which must see the threads it
+    was submitted with): then 2, the rules' fixed value before; profiles/slurm sets the GPU
+    rules' threads itself.
+    """
+    if local_cores is None:
+        return 2
+    return max(1, min(cap, int(local_cores) // 2))
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process (VmHWM) or of its largest finished child, MB.
 
