@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bcpath.engine import fit, torch_threads
+from bcpath.engine import fit, recalibrate_batchnorm, torch_threads
 from bcpath.errors import BcpathError
 from bcpath.models.registry import load_checked_state_dict, save_weights
 
@@ -80,3 +80,39 @@ def test_torch_threads_restores() -> None:
     with torch_threads(1, torch.device("cpu")) as n:
         assert n == 1 == torch.get_num_threads()
     assert torch.get_num_threads() == before
+
+
+def _bn_net() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, momentum=0.01), torch.nn.ReLU(), torch.nn.Flatten())
+
+
+def test_recalibrate_batchnorm_sets_exact_statistics() -> None:
+    torch.manual_seed(0)
+    model = _bn_net()
+    batches = [torch.randn(8, 3, 6, 6) * 2 + 3 for _ in range(4)]
+    model.train()
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+    norm = model[1]
+    conv_out = [model[0](b).detach() for b in batches]
+    exact_mean = torch.stack([o.mean(dim=(0, 2, 3)) for o in conv_out]).mean(0)
+    exact_var = torch.stack([o.var(dim=(0, 2, 3), unbiased=True) for o in conv_out]).mean(0)
+    # momentum 0.01 over 4 steps: the running mean has barely left 0
+    assert not torch.allclose(norm.running_mean, exact_mean, atol=0.1)
+    weights = [p.detach().clone() for p in model.parameters()]
+    used = recalibrate_batchnorm(model, batches, model)
+    assert used == 4
+    torch.testing.assert_close(norm.running_mean, exact_mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(norm.running_var, exact_var, rtol=1e-5, atol=1e-5)
+    assert norm.momentum == 0.01  # restored
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
+
+
+def test_recalibrate_batchnorm_without_batches_or_norms_changes_nothing() -> None:
+    model = _bn_net()
+    model[1].running_mean.fill_(0.5)
+    assert recalibrate_batchnorm(model, [], model) == 0
+    assert torch.all(model[1].running_mean == 0.5)
+    linear = torch.nn.Linear(3, 2)
+    assert recalibrate_batchnorm(linear, [torch.zeros(2, 3)], linear) == 0

@@ -49,7 +49,7 @@ def test_registry_loads_and_validates() -> None:
     for model_id, spec in specs.items():
         marker = model_id.split("_")[0].upper()
         assert spec.model_id == model_id
-        assert spec.architecture == "resnet18"  # CPU-sized demo entries (registry header)
+        assert spec.architecture == "mobilenet_v3_small"  # CPU-sized demo entries (registry header)
         assert spec.classes == (
             f"{marker}-positive invasive carcinoma",
             f"{marker}-negative invasive carcinoma",

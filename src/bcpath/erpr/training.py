@@ -17,7 +17,12 @@ skips about a third of them) and leaves the loss unweighted. Tune patches are us
 Optimisation: DESIGN.md fixes the architecture and patch geometry of Gamble et al. but not
 the optimiser; bcpath uses AdamW (``lr``, ``weight_decay``) with a constant learning rate,
 cross-entropy loss, and training-time augmentation (flips, 90° rotations, colour jitter; see
-:class:`bcpath.erpr.sampling.PatchSampleDataset`). Early stopping watches the tune loss.
+:class:`bcpath.erpr.sampling.PatchSampleDataset`). After each epoch the BatchNorm running
+statistics are recomputed over the epoch's last ``BN_RECALIBRATION_PATCHES`` training patches
+with the final weights (:func:`bcpath.engine.recalibrate_batchnorm`, "precise BN"): with a few
+dozen steps per epoch the running averages otherwise lag the weights and the tune loss jumped
+between epochs (the demo ResNet-18's from 0.7 to 6.2 and back to 0.003). Early stopping
+watches the tune loss.
 
 Outputs in ``out_dir``:
 
@@ -53,6 +58,7 @@ import dataclasses
 import logging
 import math
 import os
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +75,9 @@ if TYPE_CHECKING:
     from bcpath.models.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
+
+BN_RECALIBRATION_PATCHES = 512
+"""Training patches (the epoch's last batches, as augmented) that set BatchNorm statistics after each epoch."""
 
 LOG_COLUMNS: tuple[str, ...] = (
     "epoch", "train_loss", "train_acc", "tune_loss", "tune_acc", "tune_auc",
@@ -274,6 +283,7 @@ def train_patch_classifier(
         choose_device,
         fit,
         granted_threads,
+        recalibrate_batchnorm,
         torch_threads,
     )
     from bcpath.erpr.sampling import PatchSampleDataset
@@ -310,9 +320,8 @@ def train_patch_classifier(
     workers = config.num_workers if config.num_workers is not None else (min(8, max(0, n_threads - 1)) if on_cuda else 0)
     try:
         with torch_threads(n_threads, dev):
-            model = build_model(spec, pretrained_path).to(dev)
-            if on_cuda:
-                model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            # channels_last on CPU too: ResNet-18 trains 1.2x and MobileNetV3 1.6x faster here
+            model = build_model(spec, pretrained_path).to(dev).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
             scaler = torch.amp.GradScaler("cuda", enabled=on_cuda and autocast_dtype() == torch.float16)
             mean = torch.tensor(spec.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
@@ -321,8 +330,7 @@ def train_patch_classifier(
 
             def forward(batch: torch.Tensor) -> torch.Tensor:
                 inputs = batch.to(dev, non_blocking=on_cuda).float().div_(255.0).sub_(mean).div_(std)
-                if on_cuda:
-                    inputs = inputs.contiguous(memory_format=torch.channels_last)
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
                 with autocast(dev):
                     output = model(inputs)
                 logits: torch.Tensor = getattr(output, "logits", output)
@@ -349,8 +357,10 @@ def train_patch_classifier(
                 )
                 model.train()
                 total_loss, correct, seen = 0.0, 0, 0
+                recent: deque[torch.Tensor] = deque(maxlen=max(1, BN_RECALIBRATION_PATCHES // config.batch_size))
                 bar = tqdm(total=len(indices), desc=f"{spec.model_id} epoch {epoch}", unit="patch", disable=not progress, mininterval=30)
                 for batch, labels in train_loader:
+                    recent.append(batch)
                     target = labels.to(dev, non_blocking=on_cuda)
                     logits = forward(batch)
                     loss = loss_fn(logits, target)
@@ -363,6 +373,7 @@ def train_patch_classifier(
                     seen += len(labels)
                     bar.update(len(labels))
                 bar.close()
+                recalibrate_batchnorm(model, recent, forward)
                 return {
                     "train_loss": total_loss / max(1, seen),
                     "train_acc": correct / max(1, seen),
