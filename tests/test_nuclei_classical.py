@@ -127,3 +127,39 @@ def test_fiji_baseline_reaches_the_papers_fiji_aji_on_monuseg(require_shared):
     assert mean_aji >= 0.46 > 0.34, mean_aji
     assert float(np.mean([s["pq"] for s in scores])) > 0.43
     assert float(np.mean([s["map"] for s in scores])) > 0.19
+
+
+def _distance_maps(rgb: np.ndarray, mpp: float) -> list[np.ndarray]:
+    """The two maps the baselines take maxima of: Fiji's EDT (px) and the watershed's smoothed EDT (µm)."""
+    from bcpath.nuclei.classical import foreground_mask, hematoxylin
+
+    h = hematoxylin(rgb, mpp, 0.5)
+    fiji = ndi.distance_transform_edt(ndi.binary_fill_holes(h > float(np.median(h) + h.std())))
+    mask = foreground_mask(rgb, mpp, 0.5, 8.0, 0.5)
+    smoothed = ndi.gaussian_filter(ndi.distance_transform_edt(mask) * mpp, max(0.5, 0.25 / mpp))
+    return [np.asarray(fiji, dtype=np.float64), np.asarray(smoothed, dtype=np.float64)]
+
+
+def test_h_maxima_equals_skimage_bit_for_bit(require_shared):
+    from skimage.morphology import h_maxima as skimage_h_maxima
+
+    from bcpath.images import h_maxima
+
+    rng = np.random.default_rng(0)
+    images = [
+        rng.random((64, 80)),  # noise: many shallow maxima
+        np.round(rng.random((50, 50)) * 4) / 2,  # plateaus and ties
+        ndi.gaussian_filter(rng.random((96, 96)), 3).astype(np.float32) * 10,
+        np.zeros((20, 20)),  # flat: no maxima
+    ]
+    sample = list_monuseg(require_shared("nuclei/monuseg_nonbreast"))[0]
+    rgb, _ = sample.load()
+    images += _distance_maps(rgb[:512, :512], sample.mpp)
+    for image in images:
+        for h in (0.05, 0.5, 2.0):
+            np.testing.assert_array_equal(h_maxima(image, h), skimage_h_maxima(image, h))
+    assert h_maxima(images[-2], 0.5).sum() > 20  # real nuclei: many seeds
+    with pytest.raises(ValueError, match="2-D float"):
+        h_maxima(np.zeros((4, 4), dtype=np.uint8), 1)
+    with pytest.raises(ValueError, match="> 0"):
+        h_maxima(np.zeros((4, 4)), 0)

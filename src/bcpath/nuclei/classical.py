@@ -36,8 +36,9 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 from skimage.color import rgb2hed
 from skimage.filters import threshold_isodata, threshold_otsu
-from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
+
+from bcpath.images import h_maxima
 
 __all__ = [
     "BASELINES",
@@ -187,7 +188,7 @@ def segment_fiji(
        one the other baselines use, so numbers compare. ``threshold="isodata"`` is the other;
     3. Fill Holes;
     4. Binary > Watershed: Euclidean distance map (px), its maxima found with a prominence of
-       ``tolerance_px`` (ImageJ uses 0.5 px: :func:`skimage.morphology.h_maxima`), watershed
+       ``tolerance_px`` (ImageJ uses 0.5 px: :func:`bcpath.images.h_maxima`, skimage's h_maxima faster), watershed
        of the inverted map from those seeds; like ImageJ, a 1 px background line separates the
        split objects (``watershed_line``);
     5. Analyze Particles size=``min_area_um2``-Infinity: smaller objects removed.
