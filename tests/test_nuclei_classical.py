@@ -131,10 +131,12 @@ def test_fiji_baseline_reaches_the_papers_fiji_aji_on_monuseg(require_shared):
 
 def _distance_maps(rgb: np.ndarray, mpp: float) -> list[np.ndarray]:
     """The two maps the baselines take maxima of: Fiji's EDT (px) and the watershed's smoothed EDT (µm)."""
+    from skimage.filters import threshold_otsu
+
     from bcpath.nuclei.classical import foreground_mask, hematoxylin
 
     h = hematoxylin(rgb, mpp, 0.5)
-    fiji = ndi.distance_transform_edt(ndi.binary_fill_holes(h > float(np.median(h) + h.std())))
+    fiji = ndi.distance_transform_edt(ndi.binary_fill_holes(h > threshold_otsu(h)))
     mask = foreground_mask(rgb, mpp, 0.5, 8.0, 0.5)
     smoothed = ndi.gaussian_filter(ndi.distance_transform_edt(mask) * mpp, max(0.5, 0.25 / mpp))
     return [np.asarray(fiji, dtype=np.float64), np.asarray(smoothed, dtype=np.float64)]

@@ -384,14 +384,12 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches: Iterable[Any], forwar
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None
-    used = 0
     model.train()
     try:
         with torch.no_grad():
             for batch in batches:
                 forward(batch)
-                used += 1
     finally:
         for norm, momentum in zip(norms, momenta, strict=True):
             norm.momentum = momentum
-    return used
+    return len(batches)

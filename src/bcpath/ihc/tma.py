@@ -81,8 +81,9 @@ def _empty_cores(mpp: float) -> pd.DataFrame:
 def _split_touching(component: np.ndarray, radius_px: float) -> np.ndarray:
     """Watershed labels (0 = background) of a bool crop holding touching round cores."""
     from scipy import ndimage
-    from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
+
+    from bcpath.images import h_maxima
 
     dist = ndimage.distance_transform_edt(component)
     h = max(1.0, 0.15 * radius_px)
