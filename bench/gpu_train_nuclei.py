@@ -382,7 +382,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads of the training process")
     p.add_argument("--run-overhead-s", type=float, default=3.0, help="time kept per run for predicting the held-out set (CPU: minutes)")
     p.add_argument("--dry-run", action="store_true", help="tiny CPU run: 2 images per set, one fold, a few steps")
+    p.add_argument("--held-out", default=",".join(SETS), help="the folds to run, by held-out set (comma-separated; on a "
+                   "2-core CPU, two processes each take some folds)")
+    p.add_argument("--final", choices=("auto", "skip", "only"), default="auto",
+                   help="auto: after the LODO table, the best variant on all sets; skip: no final training; only: no LODO, "
+                   "the first variant on all sets (its threshold is chosen later from the LODO runs' lodo.json files)")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="RUN_DIR", help="no training: merge the lodo.json of runs "
+                   "that each took some folds into --out/lodo.json (and unpack --merge-final's model with the chosen threshold)")
+    p.add_argument("--merge-final", type=Path, metavar="RUN_DIR", help="with --merge: the --final only run")
+    p.add_argument("--final-seconds", type=float, default=None, help="with --final only: training seconds (default: the budget)")
     args = p.parse_args(argv)
+    if args.merge:
+        merged = merge_runs(args.merge, args.out, args.merge_final)
+        print(merged.get("table_markdown", "no variant scored on every fold"))
+        return 0
     t_start = time.perf_counter()
     deadline = t_start + args.budget_s
     out = args.out
@@ -415,7 +428,10 @@ def main(argv: list[str] | None = None) -> int:
     tensors = device_tensors(IMAGES, device)
     log("images on the device")
 
-    folds = lodo_folds(list(SETS))
+    wanted = [h for h in args.held_out.split(",") if h]
+    if set(wanted) - set(SETS):
+        raise SystemExit(f"unknown held-out sets {sorted(set(wanted) - set(SETS))}; choose from {list(SETS)}")
+    folds = [(held, train) for held, train in lodo_folds(list(SETS)) if held in wanted and args.final != "only"]
     if args.dry_run:
         folds = folds[:1]
     runs = [(v, held, train) for v in variants for held, train in folds]
@@ -455,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
             write_result()
         pending[:] = still
 
-    final_reserve = args.budget_s * args.final_share + (10 if args.dry_run else 25)
+    final_reserve = 0.0 if args.final != "auto" else args.budget_s * args.final_share + (10 if args.dry_run else 25)
     for k, (v, held, train) in enumerate(runs):
         now = time.perf_counter()
         left = deadline - final_reserve - now
@@ -492,40 +508,20 @@ def main(argv: list[str] | None = None) -> int:
         write_result()
     collect(block=True)
 
-    # choose: per variant one threshold over all its folds; the variant by the mean of set means
-    table: dict[str, dict[str, Any]] = {}
-    chosen: dict[str, Any] = {}
-    for v, per_set in result["folds"].items():
-        if len(per_set) < len(folds):
-            continue
-        conv = {s: {float(t): r for t, r in d.items()} for s, d in per_set.items()}
-        t = choose_threshold(conv)
-        table[v] = {s: conv[s][t] for s in conv}
-        chosen[v] = {"threshold": t, "mean_of_set_means": float(np.mean([conv[s][t]["mean_aji"] for s in conv]))}
-    if not chosen:  # no variant scored on every fold (budget): the best mean over what was scored
-        for v, per_set in result["folds"].items():
-            conv = {s: {float(t): r for t, r in d.items()} for s, d in per_set.items()}
-            t = choose_threshold(conv)
-            chosen[v] = {"threshold": t, "mean_of_set_means": float(np.mean([conv[s][t]["mean_aji"] for s in conv])),
-                         "incomplete": sorted(conv)}
-    result["chosen_thresholds"] = chosen
-    result["table"] = table
-    if table:
-        result["table_markdown"] = lodo_markdown(table, [h for h, _ in folds])
-        result["per_image_at_chosen"] = [
-            {"variant": v, "held_out": held, "threshold": chosen[v]["threshold"], **r}
-            for v in table for held, per_t in result["per_image"][v].items()
-            for r in per_t[next(k for k in per_t if float(k) == float(chosen[v]["threshold"]))]
-        ]  # fmt: skip
+    chosen = choose_and_tabulate(result, [h for h, _ in folds])
     write_result()
-    log("LODO done" + ("\n" + result.get("table_markdown", "") if table else ": no complete variant"))
+    log("LODO done" + ("\n" + result["table_markdown"] if result.get("table_markdown") else ": no complete variant"))
 
+    if args.final == "only":
+        chosen = {variants[0]: {"threshold": None, "mean_of_set_means": None, "note": "chosen later from the LODO runs"}}
     # final model: the best variant on all three sets
-    if chosen:
+    if chosen and args.final != "skip":
         complete = [v for v in chosen if "incomplete" not in chosen[v]] or list(chosen)
         best = max(complete, key=lambda v: chosen[v]["mean_of_set_means"])
         variant = VARIANTS[best]
         seconds = deadline - time.perf_counter() - (8 if args.dry_run else 20)
+        if args.final == "only" and args.final_seconds:
+            seconds = min(seconds, args.final_seconds)
         if seconds > 15 or args.dry_run:
             log(f"final: {best} on all sets for {seconds:.0f} s")
             try:
@@ -542,6 +538,71 @@ def main(argv: list[str] | None = None) -> int:
     pool.close()
     log("done")
     return 0
+
+
+def choose_and_tabulate(result: dict[str, Any], fold_names: list[str]) -> dict[str, Any]:
+    """Per variant one decoding threshold over all its folds (the best mean of the held-out sets'
+    mean AJI); fills result["chosen_thresholds"], ["table"], ["table_markdown"] and
+    ["per_image_at_chosen"]; returns the chosen thresholds."""
+    table: dict[str, dict[str, Any]] = {}
+    chosen: dict[str, Any] = {}
+    for v, per_set in result["folds"].items():
+        if len(per_set) < len(fold_names):
+            continue
+        conv = {s: {float(t): r for t, r in d.items()} for s, d in per_set.items()}
+        t = choose_threshold(conv)
+        table[v] = {s: conv[s][t] for s in conv}
+        chosen[v] = {"threshold": t, "mean_of_set_means": float(np.mean([conv[s][t]["mean_aji"] for s in conv]))}
+    if not chosen:  # no variant scored on every fold (budget): the best mean over what was scored
+        for v, per_set in result["folds"].items():
+            conv = {s: {float(t): r for t, r in d.items()} for s, d in per_set.items()}
+            t = choose_threshold(conv)
+            chosen[v] = {"threshold": t, "mean_of_set_means": float(np.mean([conv[s][t]["mean_aji"] for s in conv])),
+                         "incomplete": sorted(conv)}
+    result["chosen_thresholds"] = chosen
+    result["table"] = table
+    if table:
+        result["table_markdown"] = lodo_markdown(table, fold_names)
+        result["per_image_at_chosen"] = [
+            {"variant": v, "held_out": held, "threshold": chosen[v]["threshold"], **r}
+            for v in table for held, per_t in result["per_image"][v].items()
+            for r in per_t[next(k for k in per_t if float(k) == float(chosen[v]["threshold"]))]
+        ]  # fmt: skip
+    return chosen
+
+
+def merge_runs(run_dirs: list[Path], out: Path, final_dir: Path | None) -> dict[str, Any]:
+    """The LODO table of folds run in separate processes (``--held-out``), each a folder with its
+    lodo.json; written to ``out``/lodo.json. With ``final_dir`` (a ``--final only`` run), its
+    final_model.tar is unpacked to ``out``/final_model with the chosen threshold and the table
+    in its train.json."""
+    merged: dict[str, Any] = {"merged_from": [str(d) for d in run_dirs], "folds": {}, "per_image": {}, "runs": [], "skipped": [], "errors": []}
+    for d in run_dirs:
+        part = json.loads((d / "lodo.json").read_text())
+        for key in ("folds", "per_image"):
+            for v, per in part[key].items():
+                merged[key].setdefault(v, {}).update(per)
+        for key in ("runs", "skipped", "errors"):
+            merged[key] += part[key]
+        merged.update({k: part[k] for k in ("device", "torch", "variants", "batch", "crop", "seed") if k in part})
+    fold_names = [s for s in SETS if any(s in per for per in merged["folds"].values())]
+    chosen = choose_and_tabulate(merged, fold_names)
+    out.mkdir(parents=True, exist_ok=True)
+    if final_dir is not None:
+        with tarfile.open(final_dir / "final_model.tar") as tar:
+            tar.extractall(out, filter="data")
+        meta_path = out / "final_model" / "train.json"
+        meta = json.loads(meta_path.read_text())
+        pick = chosen[meta["variant"]]
+        meta["threshold"] = pick["threshold"]
+        meta["lodo"] = {"table": merged["table"].get(meta["variant"]), "mean_of_set_means": pick["mean_of_set_means"],
+                        "threshold_chosen_on": "mean over the 3 held-out sets of the per-set mean AJI",
+                        "per_image": [r for r in merged.get("per_image_at_chosen", []) if r["variant"] == meta["variant"]]}
+        final = json.loads((final_dir / "lodo.json").read_text()).get("final", {})
+        meta["training"].update({k: final[k] for k in ("steps", "train_s", "loss_curve") if k in final})
+        meta_path.write_text(json.dumps(meta, indent=1, default=float))
+    (out / "lodo.json").write_text(json.dumps(merged, indent=1, default=float))
+    return merged
 
 
 def write_model(out: Path, model: torch.nn.Module, name: str, variant: dict[str, Any], chosen: dict[str, Any],
