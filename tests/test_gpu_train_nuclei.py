@@ -1,6 +1,8 @@
 """bench/gpu_train_nuclei.py cannot rot: its --dry-run (tiny pack, one fold, 3 steps per
 variant, CPU) runs end to end with only what the GPU machine has (no zarr, openslide, pyvips,
-staintools, snakemake, spams), and writes a model folder that loads and segments."""
+staintools, snakemake, spams), and writes a model folder that loads and segments; the CPU way
+(folds split over processes, a final-only run, --merge) gives one table and a model with the
+threshold chosen on it."""
 
 from __future__ import annotations
 
@@ -18,14 +20,27 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "nuclei"
 BLOCKED = ["zarr", "openslide", "pyvips", "staintools", "snakemake", "spams"]
 
-pytestmark = pytest.mark.skipif(not (SHARED / "consep_train").is_dir(), reason="needs ../shared/data/nuclei")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
 
 
-def test_pack_and_dry_run(tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    pack = tmp_path / "pack.npz"
+@pytest.fixture(scope="module")
+def small_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.conftest import _require_shared
+
+    _require_shared("nuclei/consep_train")  # fails under CI when ../shared is missing
+    pack = tmp_path_factory.mktemp("pack") / "pack.npz"
     subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_nuclei_pack.py"), "--limit", "2", "--out", str(pack)],
-                   check=True, env=env, cwd=ROOT, timeout=120)
+                   check=True, env=ENV, cwd=ROOT, timeout=120)
+    return pack
+
+
+def _bench(*args: str | Path) -> None:
+    subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_train_nuclei.py"), *map(str, args)], check=True, env=ENV, cwd=ROOT, timeout=180)
+
+
+def test_pack_and_dry_run(tmp_path: Path, small_pack: Path) -> None:
+    env = ENV
+    pack = small_pack
     z = np.load(pack)
     assert {f"{s}_names" for s in ("monuseg", "cpm15", "consep")} <= set(z.files)
     assert len(set(z["consep_groups"].tolist())) == 2  # one tile each of two source images
@@ -56,3 +71,23 @@ def test_pack_and_dry_run(tmp_path: Path) -> None:
     rgb = np.full((64, 80, 3), 200, np.uint8)
     labels = predict_instances(bundle, rgb, 0.5)
     assert labels.shape == (64, 80)
+
+
+def test_folds_in_two_processes_then_merge(tmp_path: Path, small_pack: Path) -> None:
+    common = ["--pack", small_pack, "--dry-run", "--variants", "plain8_stainaug_dist"]
+    _bench("--out", tmp_path / "a", *common, "--held-out", "cpm15", "--final", "skip")
+    _bench("--out", tmp_path / "f", *common, "--final", "only")
+    assert not (tmp_path / "a" / "final_model.tar").exists()
+    final_only = json.loads((tmp_path / "f" / "lodo.json").read_text())
+    assert final_only["folds"] == {} and final_only["final"]["variant"] == "plain8_stainaug_dist"
+    _bench("--out", tmp_path / "m", "--merge", tmp_path / "a", "--merge-final", tmp_path / "f")
+    merged = json.loads((tmp_path / "m" / "lodo.json").read_text())
+    assert list(merged["table"]["plain8_stainaug_dist"]) == ["cpm15"]
+    chosen = merged["chosen_thresholds"]["plain8_stainaug_dist"]["threshold"]
+    meta = json.loads((tmp_path / "m" / "final_model" / "train.json").read_text())
+    assert meta["threshold"] == chosen and meta["decoding"] == "distance"
+    assert meta["lodo"]["table"]["cpm15"]["n_images"] == 2 and len(meta["lodo"]["per_image"]) == 2
+    assert meta["training"]["steps"] == 3
+    from bcpath.nuclei.predict import load_nuclei_model
+
+    assert load_nuclei_model(tmp_path / "m" / "final_model", device="cpu").threshold == chosen
