@@ -390,7 +390,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge", type=Path, nargs="+", metavar="RUN_DIR", help="no training: merge the lodo.json of runs "
                    "that each took some folds into --out/lodo.json (and unpack --merge-final's model with the chosen threshold)")
     p.add_argument("--merge-final", type=Path, metavar="RUN_DIR", help="with --merge: the --final only run")
-    p.add_argument("--final-seconds", type=float, default=None, help="with --final only: training seconds (default: the budget)")
     args = p.parse_args(argv)
     if args.merge:
         merged = merge_runs(args.merge, args.out, args.merge_final)
@@ -520,8 +519,6 @@ def main(argv: list[str] | None = None) -> int:
         best = max(complete, key=lambda v: chosen[v]["mean_of_set_means"])
         variant = VARIANTS[best]
         seconds = deadline - time.perf_counter() - (8 if args.dry_run else 20)
-        if args.final == "only" and args.final_seconds:
-            seconds = min(seconds, args.final_seconds)
         if seconds > 15 or args.dry_run:
             log(f"final: {best} on all sets for {seconds:.0f} s")
             try:

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "nuclei"
 BLOCKED = ["zarr", "openslide", "pyvips", "staintools", "snakemake", "spams"]
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
@@ -39,7 +38,6 @@ def _bench(*args: str | Path) -> None:
 
 
 def test_pack_and_dry_run(tmp_path: Path, small_pack: Path) -> None:
-    env = ENV
     pack = small_pack
     z = np.load(pack)
     assert {f"{s}_names" for s in ("monuseg", "cpm15", "consep")} <= set(z.files)
@@ -53,7 +51,7 @@ def test_pack_and_dry_run(tmp_path: Path, small_pack: Path) -> None:
     )
     subprocess.run([sys.executable, "-c", runner, str(ROOT / "bench" / "gpu_train_nuclei.py"), "--out", str(out), "--pack", str(pack),
                     "--dry-run", "--variants", "plain16_vahadane_ib,plain16_stainaug_dist"],
-                   check=True, env=env, cwd=ROOT, timeout=180)
+                   check=True, env=ENV, cwd=ROOT, timeout=180)
     result = json.loads((out / "lodo.json").read_text())
     assert set(result["table"]) == {"plain16_vahadane_ib", "plain16_stainaug_dist"}
     row = result["table"]["plain16_stainaug_dist"]["monuseg"]
