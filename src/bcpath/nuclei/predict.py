@@ -165,6 +165,9 @@ class NucleiModel:
     tta: bool = False
     #: "interior_boundary" (3 class maps) or "distance" (+ a distance map; :mod:`bcpath.nuclei.maps`)
     decoding: str = "interior_boundary"
+    #: least overlap of neighbouring prediction tiles (fraction of ``tile``; train.json
+    #: ``predict_overlap``)
+    overlap: float = PREDICT_OVERLAP
 
 
 def _hann(tile: int) -> NDArray[np.float32]:
@@ -178,7 +181,8 @@ def predict_probabilities(
 ) -> NDArray[np.float32]:
     """(3, H, W) class probabilities of an (H, W, 3) image already at model µm/px and normalised.
 
-    Tiles of ``bundle.tile`` px at 50 % overlap, blended with a Hann window; images smaller
+    Tiles of ``bundle.tile`` px overlapping by ``bundle.overlap`` (50 % unless train.json says
+    otherwise), blended with a Hann window; images smaller
     than a tile are reflect-padded and cropped back. With ``bundle.tta`` each tile's
     probabilities are the mean over its 4 rotations × 2 flips (test-time augmentation).
     """
@@ -190,7 +194,7 @@ def predict_probabilities(
     acc = np.zeros((int(bundle.architecture.get("n_classes", 3)), H, W), dtype=np.float32)
     wsum = np.zeros((H, W), dtype=np.float32)
     win = _hann(t)
-    origins = tile_grid((H, W), t, PREDICT_OVERLAP)
+    origins = tile_grid((H, W), t, bundle.overlap)
     bundle.model.eval()
     for k in range(0, len(origins), batch_size):
         chunk = origins[k : k + batch_size]
@@ -315,8 +319,11 @@ def load_nuclei_model(
     normalise_input = meta.get("stain_normalisation") and meta.get("target_stain", "he") == "he"
     normaliser = StainNormaliser.load(stain_path) if normalise_input else None
     decoding = str(meta.get("decoding", meta["architecture"].get("decoding", "interior_boundary")))
+    overlap = float(meta.get("predict_overlap", PREDICT_OVERLAP))
+    if not 0.0 <= overlap < 1.0:
+        raise BcpathError(f"nuclei model {folder}: train.json predict_overlap must be in [0, 1), got {overlap}")
     return NucleiModel(
         model, float(meta["mpp"]), int(meta["tile"]), float(meta["threshold"]),
         int(meta.get("min_area_px", MIN_AREA_PX)), normaliser, meta["architecture"], device, tta,
-        decoding,
+        decoding, overlap,
     )  # fmt: skip
