@@ -7,19 +7,28 @@ from bcpath.models.registry import model_folder_inputs
 
 IHC = dict(config["ihc"])
 RAMCNN = IHC["ramcnn"]
-# ihc.nuclei_model: a nuclei model folder (relative to the run folder, else to the workflow,
-# as nuclei.model) replacing the threshold detector; its files are inputs of score_tma.
+# ihc.nuclei_model: a detector name (null = the default, unet) or a nuclei model folder
+# (relative to the run folder, else to the workflow, as nuclei.model); the files of the model
+# it loads are inputs of score_tma, so new weights rescore the cores.
+from bcpath.ihc.nuclei_net import SHIPPED_DETECTOR as _SHIPPED_IHC_DETECTOR
+from bcpath.ihc.score import DEFAULT_DETECTOR as _DEFAULT_IHC_DETECTOR
+from bcpath.ihc.score import NUCLEI_DETECTORS as _IHC_DETECTOR_NAMES
+from bcpath.ihc.score import SHIPPED_NUCLEI_UNET as _SHIPPED_NUCLEI_UNET
+
+_detector = IHC.get("nuclei_model") or _DEFAULT_IHC_DETECTOR
+_model = {"unet": _SHIPPED_NUCLEI_UNET, "learned": _SHIPPED_IHC_DETECTOR}.get(_detector)
+if _detector not in _IHC_DETECTOR_NAMES:
+    _model = run_or_workflow_path(_detector)
+    IHC["nuclei_model"] = _model
 IHC_NUCLEI_MODEL_FILES = []
-if IHC.get("nuclei_model"):
-    _model = run_or_workflow_path(IHC["nuclei_model"])
+if _model is not None:
     try:
         IHC_NUCLEI_MODEL_FILES = model_folder_inputs(
             _model, "ihc.nuclei_model",
-            "give e.g. models/nuclei_unet or a `bcpath nuclei train` output, or null for the threshold detector",
+            "give one of " + ", ".join(_IHC_DETECTOR_NAMES) + ", a `bcpath nuclei train` output folder, or null for the default (unet)",
         )
     except BcpathError as error:
         raise WorkflowError(str(error)) from None
-    IHC["nuclei_model"] = _model
 
 
 def _reference_core_count():

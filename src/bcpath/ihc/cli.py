@@ -227,7 +227,7 @@ def add_ihc_subparser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     score.add_argument("--ramcnn", metavar="DIR", help="trained RAM-CNN folder (ramcnn.pt + ramcnn.json, e.g. results/models/ramcnn) for h_score_ramcnn")
     score.add_argument(
         "--nuclei-model", metavar="NAME|DIR",
-        help="nucleus detector: od_sum (default), learned (models/ihc_nuclei), threshold, or a model folder (e.g. models/nuclei_unet)",
+        help="nucleus detector: unet (default: models/nuclei_unet_v2), od_sum, learned (models/ihc_nuclei), threshold, or a model folder",
     )  # fmt: skip
     score.add_argument("--out", required=True, help="output folder")
     score.set_defaults(func=_cmd_score)
@@ -246,7 +246,7 @@ def add_ihc_subparser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     ev.add_argument("--deepliif", required=True, metavar="DIR", help="folder with test/, test_groundtruth/, val/")
     ev.add_argument("--detectors", nargs="+", default=["threshold", "unet", "od_sum", "learned"], choices=["threshold", "unet", "od_sum", "learned"])
-    ev.add_argument("--models", metavar="DIR", help="models folder holding nuclei_unet/ and ihc_nuclei/ (default: the checkout's models/)")
+    ev.add_argument("--models", metavar="DIR", help="models folder holding nuclei_unet_v2/ and ihc_nuclei/ (default: the checkout's models/)")
     ev.add_argument("--fade", type=float, help="scale the tiles' hematoxylin by this first (a paler counterstain), e.g. 0.5")
     ev.add_argument("--threads", type=int, default=1)
     ev.add_argument("--out", metavar="JSON", help="write per-tile results here")

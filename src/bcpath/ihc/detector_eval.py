@@ -10,7 +10,9 @@ vs annotated cells and its absolute error; then the mean over tiles and the wors
 Detectors (:data:`DETECTORS`):
 
 - ``threshold``: the QuPath-like threshold detector of :mod:`bcpath.ihc.cells` (its own defaults);
-- ``unet``: the H&E nuclei U-Net (``models/nuclei_unet``) as ``--nuclei-model`` uses it;
+- ``unet``: the H&E nuclei U-Net (``models/nuclei_unet_v2``) on the tile and on its view with
+  DAB counted as hematoxylin (:mod:`bcpath.ihc.unet_detector`), the default detector of
+  :func:`bcpath.ihc.score.score_core`; nothing about it is fitted on DeepLIIF;
 - ``od_sum``: :mod:`bcpath.ihc.odsum`, with its free parameters chosen leave-one-tile-out
   (:func:`leave_one_tile_out`: for each tile the candidate with the best mean F1 on the other
   tiles, scored on that tile);
@@ -142,7 +144,10 @@ def segmenter_for(name: str, models_dir: str | Path | None = None) -> Segmenter 
 
     models = Path(models_dir) if models_dir else MODELS_DIR
     if name == "unet":
-        return nuclei_model_segmenter(models / "nuclei_unet")
+        from bcpath.ihc.unet_detector import ihc_unet_segmenter
+        from bcpath.nuclei.slide import get_segmenter
+
+        return ihc_unet_segmenter(get_segmenter(str(models / "nuclei_unet_v2")))
     if name == "learned":
         return nuclei_model_segmenter(models / "ihc_nuclei")
     if name in ("threshold", "od_sum"):
