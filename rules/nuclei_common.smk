@@ -4,7 +4,7 @@ from pathlib import Path
 from bcpath.models.registry import model_folder_inputs
 
 NUCLEI = dict(config["nuclei"])
-# A model path is read relative to the run folder, else to the workflow (models/nuclei_unet);
+# A model path is read relative to the run folder, else to the workflow (models/nuclei_unet_v2);
 # its files (weights, train.json, stain.json) are inputs of the jobs that use it.
 NUCLEI_MODEL_FILES = []
 if NUCLEI["model"] not in ("otsu", "watershed", "fiji"):
@@ -12,12 +12,12 @@ if NUCLEI["model"] not in ("otsu", "watershed", "fiji"):
     if not Path(NUCLEI["model"]).exists() and NUCLEI["enabled"]:
         raise WorkflowError(
             f"nuclei.model: {NUCLEI['model']} is neither a classical baseline (otsu, watershed, fiji) "
-            "nor an existing model folder; give e.g. models/nuclei_unet or a `bcpath nuclei train` output"
+            "nor an existing model folder; give e.g. models/nuclei_unet_v2 or a `bcpath nuclei train` output"
         )
     if Path(NUCLEI["model"]).exists():
         try:
             NUCLEI_MODEL_FILES = model_folder_inputs(
-                NUCLEI["model"], "nuclei.model", "give e.g. models/nuclei_unet or a `bcpath nuclei train` output"
+                NUCLEI["model"], "nuclei.model", "give e.g. models/nuclei_unet_v2 or a `bcpath nuclei train` output"
             )
         except BcpathError as error:
             if NUCLEI["enabled"]:

@@ -86,7 +86,7 @@ def _model_error(model: str) -> BcpathError:
 
     return BcpathError(
         f"nuclei model {model!r}: neither a classical baseline ({', '.join(BASELINES)}) nor a trained "
-        "model folder; give one of those, models/nuclei_unet (shipped U-Net) or a `bcpath nuclei train` output folder"
+        "model folder; give one of those, models/nuclei_unet_v2 (the shipped U-Net) or a `bcpath nuclei train` output folder"
     )
 
 

@@ -79,14 +79,14 @@ class SegmentationSettings:
     """Config section ``nuclei`` as slide segmentation uses it; defaults = the config schema's.
 
     Attributes:
-        model: segmenter name or model folder (:func:`get_segmenter`).
+        model: segmenter name or model folder (:func:`get_segmenter`; default the shipped U-Net).
         mpp: µm/px the segmenter works at.
         tile_px: window edge in model px.
         overlap: fraction shared by neighbouring windows.
         tta: a U-Net predicts with test-time augmentation.
     """
 
-    model: str = "fiji"
+    model: str = "models/nuclei_unet_v2"
     mpp: float = 0.5
     tile_px: int = 512
     overlap: float = 0.25
@@ -147,6 +147,10 @@ GEOJSON_MEASUREMENTS: dict[str, str] = {
 
 # --------------------------------------------------------------------------- segmenters
 
+#: The source checkout: relative model paths (the default ``models/nuclei_unet_v2``) not found
+#: in the working folder are looked up here.
+CHECKOUT_ROOT = Path(__file__).resolve().parents[3]
+
 
 def get_segmenter(name_or_callable: str | Segmenter, tta: bool = False) -> Segmenter:
     """A segmenter ``(rgb, mpp) -> int labels`` from a name or a callable.
@@ -154,7 +158,8 @@ def get_segmenter(name_or_callable: str | Segmenter, tta: bool = False) -> Segme
     Args:
         name_or_callable: a callable (returned as is); a classical baseline name ("fiji",
             "watershed", "otsu"; :data:`bcpath.nuclei.classical.BASELINES`); a trained U-Net
-            folder or its best.pt (``bcpath nuclei train``, e.g. models/nuclei_unet); or
+            folder or its best.pt (``bcpath nuclei train``, e.g. models/nuclei_unet_v2; a relative
+            path missing from the working folder is read from the source checkout); or
             ``"package.module:function"`` naming such a callable.
         tta: a trained U-Net predicts with test-time augmentation (8 rotations/flips).
 
@@ -170,6 +175,9 @@ def get_segmenter(name_or_callable: str | Segmenter, tta: bool = False) -> Segme
         segmenter = functools.partial(classical_baseline, name)
         segmenter.__name__ = name  # type: ignore[attr-defined]
         return segmenter
+    in_checkout = CHECKOUT_ROOT / name
+    if not os.path.isabs(name) and not os.path.exists(name) and in_checkout.exists():
+        name = str(in_checkout)  # e.g. models/nuclei_unet_v2 from any working folder
     if ":" in name and not os.path.exists(name):
         module_name, _, attr = name.partition(":")
         try:
