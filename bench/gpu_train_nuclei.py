@@ -102,8 +102,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "plain8_stainaug_dist": {"encoder": "plain", "base": 8, "input": "stainaug", "decoding": "distance", "lr": 3e-3},
     "plain32_stainaug_dist": {"encoder": "plain", "base": 32, "input": "stainaug", "decoding": "distance", "lr": 1.5e-3},
     "resnet34_stainaug_dist": {"encoder": "resnet34", "base": None, "input": "stainaug", "decoding": "distance", "lr": 1e-3},
+    # CPU-sized comparisons with models/nuclei_unet_v2's recipe (plain8_stainaug_dist): one change each
+    "plain8_stainaug_ib": {"encoder": "plain", "base": 8, "input": "stainaug", "decoding": "interior_boundary", "lr": 3e-3},
+    "plain8_vahadane_dist": {"encoder": "plain", "base": 8, "input": "vahadane", "decoding": "distance", "lr": 3e-3},
 }
-DEFAULT_VARIANTS = ",".join(VARIANTS)
+#: the GPU run's variants (the CPU-sized plain8 comparisons are asked for by name)
+DEFAULT_VARIANTS = ",".join(v for v in VARIANTS if v not in ("plain8_stainaug_ib", "plain8_vahadane_dist"))
 
 # ----------------------------------------------------------------------------- data
 
@@ -382,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads of the training process")
     p.add_argument("--run-overhead-s", type=float, default=3.0, help="time kept per run for predicting the held-out set (CPU: minutes)")
     p.add_argument("--dry-run", action="store_true", help="tiny CPU run: 2 images per set, one fold, a few steps")
+    p.add_argument("--steps", type=int, default=None, help="train every LODO run for exactly this many steps (equal-step "
+                   "comparisons, e.g. with an earlier run's fold) instead of as many as its time share allows")
     p.add_argument("--held-out", default=",".join(SETS), help="the folds to run, by held-out set (comma-separated; on a "
                    "2-core CPU, two processes each take some folds)")
     p.add_argument("--final", choices=("auto", "skip", "only"), default="auto",
@@ -483,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         variant = VARIANTS[v]
         log(f"run {k + 1}/{len(runs)}: {v}, train {'+'.join(train)}, held out {held}, {per_run:.0f} s")
         try:
-            model, info = train_run(IMAGES, train, variant, per_run, args, device, log, tensors, max_steps=3 if args.dry_run else None)
+            model, info = train_run(IMAGES, train, variant, per_run, args, device, log, tensors, max_steps=3 if args.dry_run else args.steps)
             t_eval = time.perf_counter()
             held_images = IMAGES[held]
             maps = predict_maps(model, [model_input(im, variant) for im in held_images], device,
