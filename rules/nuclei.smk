@@ -99,7 +99,7 @@ rule evaluate_nuclei:
         "logs/evaluate_nuclei/nuclei.log",
     params:
         code=step_code("evaluate_nuclei"),
-        model=NUCLEI["model"],
+        model=nuclei_model_param,
     threads: 1
     resources:
         mem_mb=4000,

@@ -63,3 +63,12 @@ def nuclei_targets():
 
 def nuclei_region(wildcards):
     return {"region": f"results/slides/{wildcards.slide}/nuclei/region.png"} if NUCLEI_IN_TUMOR else {}
+
+
+def nuclei_model_param(wildcards, input):
+    """nuclei.model as the step loads it: a baseline name, or the model's weights file / folder
+    taken from the job's inputs (not a hard-coded path; Snakemake's lint asks for that)."""
+    if not NUCLEI_MODEL_FILES:
+        return NUCLEI["model"]
+    weights = Path(input.model[0])
+    return str(weights) if Path(NUCLEI["model"]).is_file() else str(weights.parent)
