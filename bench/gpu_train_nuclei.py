@@ -397,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                    "that each took some folds into --out/lodo.json (and unpack --merge-final's model with the chosen threshold)")
     p.add_argument("--merge-final", type=Path, metavar="RUN_DIR", help="with --merge: the --final only run")
     args = p.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        p.error(f"--steps must be at least 1, got {args.steps}")
     if args.merge:
         merged = merge_runs(args.merge, args.out, args.merge_final)
         print(merged.get("table_markdown", "no variant scored on every fold"))
@@ -623,8 +625,10 @@ def write_model(out: Path, model: torch.nn.Module, name: str, variant: dict[str,
         "pretrained_encoder": None,
         "init_from": None,
         "mpp": MODEL_MPP,
-        "tile": 256,
-        "predict_overlap": 0.5,
+        # inference tiling of the shipped model (the LODO scoring above uses 256 px at 50 %;
+        # same AJI to 0.001, 1.6x faster: bench/nuclei_tiling.py)
+        "tile": 512,
+        "predict_overlap": 0.25,
         "input_normalisation": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "scale": "rgb/255"},
         "stain_normalisation": variant["input"] == "vahadane",
         "stain_augmentation": variant["input"] == "stainaug",

@@ -57,7 +57,8 @@ rule score_tma:
         slide_id=lambda wildcards: wildcards.slide,
         mpp=sheet_value("mpp"),
         failure_record=failure_record("score_tma"),
-    # cores one after another; deconvolution and watershed are single-threaded numpy/scipy
+    # cores one after another on one thread (deconvolution, the default detector's two U-Net
+    # passes, watershed); peak RSS about 1.1 GB with the U-Net
     threads: 1
     resources:
         mem_mb=3000,

@@ -15,13 +15,21 @@ from bcpath.ihc.score import DEFAULT_DETECTOR as _DEFAULT_IHC_DETECTOR
 from bcpath.ihc.score import NUCLEI_DETECTORS as _IHC_DETECTOR_NAMES
 from bcpath.ihc.score import SHIPPED_NUCLEI_UNET as _SHIPPED_NUCLEI_UNET
 
+# The shipped models are read from this workflow's models/ (the installed package may not
+# hold them: --sdm conda) and passed to the step by path.
 _detector = IHC.get("nuclei_model") or _DEFAULT_IHC_DETECTOR
-_model = {"unet": _SHIPPED_NUCLEI_UNET, "learned": _SHIPPED_IHC_DETECTOR}.get(_detector)
-if _detector not in _IHC_DETECTOR_NAMES:
+_model = None
+if _detector == "unet" or _detector.startswith("unet:"):
+    _model = run_or_workflow_path(_detector[len("unet:") :] or "models/" + _SHIPPED_NUCLEI_UNET.name)
+    IHC["nuclei_model"] = "unet:" + str(_model)
+elif _detector == "learned":
+    _model = run_or_workflow_path("models/" + _SHIPPED_IHC_DETECTOR.name)
+    IHC["nuclei_model"] = str(_model)
+elif _detector not in _IHC_DETECTOR_NAMES:
     _model = run_or_workflow_path(_detector)
     IHC["nuclei_model"] = _model
 IHC_NUCLEI_MODEL_FILES = []
-if _model is not None:
+if _model is not None and IHC_SLIDES:
     try:
         IHC_NUCLEI_MODEL_FILES = model_folder_inputs(
             _model, "ihc.nuclei_model",

@@ -197,6 +197,9 @@ def test_default_detector_of_score_core_is_the_shipped_unet(tiles):
 
     assert DEFAULT_DETECTOR == "unet" and SHIPPED_NUCLEI_UNET == REPO / "models" / "nuclei_unet_v2"
     assert nuclei_model_segmenter("unet") is nuclei_model_segmenter("unet")  # loaded once
+    assert nuclei_model_segmenter(f"unet:{SHIPPED_NUCLEI_UNET}") is nuclei_model_segmenter("unet")  # the rules' spelling
+    with pytest.raises(BcpathError, match="unet:<model folder>"):
+        nuclei_model_segmenter("unet:no/such/folder")
     rgb = tiles[0].rgb
     default = score_core(rgb, 0.25)
     assert default.nuclei is not None

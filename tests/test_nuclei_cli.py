@@ -130,7 +130,7 @@ def test_predict_errors(tmp_path, capsys):
     assert main(["nuclei", "predict", "--model", "hovernet", "--mpp", "0.5", str(tmp_path / "plain.tif"), "--out", out]) == 2
     err = capsys.readouterr().err
     assert "neither a classical baseline (otsu, watershed, fiji) nor a trained model folder" in err
-    assert "models/nuclei_unet" in err
+    assert "models/nuclei_unet_v2 (the shipped U-Net)" in err
 
 
 def test_entry_point_subprocess(tmp_path):

@@ -233,31 +233,34 @@ class CoreScore:
 NUCLEI_DETECTORS = ("unet", "od_sum", "learned", "threshold")
 #: The detector of :func:`score_core`, ``bcpath ihc score`` and the TMA rules when no nuclei
 #: model is given (``ihc.nuclei_model: null``). README, IHC section: on the 4 DeepLIIF tiles
-#: (never trained on) mean F1 0.738 against the OD-sum detector's 0.664, better on every tile,
+#: (never trained on) mean F1 0.725 against the OD-sum detector's 0.664, better on every tile,
 #: and with the hematoxylin halved too.
 DEFAULT_DETECTOR = "unet"
 SHIPPED_NUCLEI_UNET = Path(__file__).resolve().parents[3] / "models" / "nuclei_unet_v2"
+#: ``"unet:<folder>"``: the ``unet`` detector with another H&E nuclei model folder (the rules
+#: pass the workflow's own models/nuclei_unet_v2 so, as the package may be installed elsewhere)
+UNET_PREFIX = "unet:"
 
 
-@functools.lru_cache(maxsize=1)
-def _shipped_unet_segmenter() -> Callable[[np.ndarray, float], np.ndarray]:
-    """:data:`SHIPPED_NUCLEI_UNET` on the image and on its hematoxylin view (:mod:`bcpath.ihc.unet_detector`)."""
+@functools.lru_cache(maxsize=4)
+def _unet_detector(folder: str) -> Callable[[np.ndarray, float], np.ndarray]:
+    """The H&E model ``folder`` on the image and on its hematoxylin view (:mod:`bcpath.ihc.unet_detector`)."""
     from bcpath.ihc.unet_detector import ihc_unet_segmenter
     from bcpath.nuclei.slide import get_segmenter
 
-    if not SHIPPED_NUCLEI_UNET.is_dir():
+    if not Path(folder).is_dir():
         raise BcpathError(
-            f"nuclei detector 'unet': {SHIPPED_NUCLEI_UNET} is missing (it ships with the source checkout); "
-            "give a model folder or another detector (od_sum, learned, threshold)"
+            f"nuclei detector 'unet': model folder {folder} is missing (models/nuclei_unet_v2 ships with the "
+            "source checkout); give unet:<model folder> or another detector (od_sum, learned, threshold)"
         )
-    return ihc_unet_segmenter(get_segmenter(str(SHIPPED_NUCLEI_UNET)))
+    return ihc_unet_segmenter(get_segmenter(folder))
 
 
 def nuclei_model_segmenter(path: str | Path) -> Callable[[np.ndarray, float], np.ndarray] | None:
     """A ``segmenter`` for :func:`score_core` from a detector name or a model folder.
 
     Args:
-        path: a name of :data:`NUCLEI_DETECTORS` ("threshold" gives None: the threshold
+        path: a name of :data:`NUCLEI_DETECTORS` or ``unet:<H&E model folder>`` ("threshold" gives None: the threshold
             detector of :func:`bcpath.ihc.cells.detect_cells`); an IHC nucleus detector folder
             (``bcpath ihc train-detector`` output, train.json ``"model": "ihc_nuclei"``); or a
             nuclei U-Net folder (``bcpath nuclei train``; e.g. models/nuclei_unet).
@@ -270,8 +273,9 @@ def nuclei_model_segmenter(path: str | Path) -> Callable[[np.ndarray, float], np
     name = str(path)
     if name == "threshold":
         return None
-    if name == "unet":
-        return _shipped_unet_segmenter()
+    if name == "unet" or name.startswith(UNET_PREFIX):
+        unet_folder = name[len(UNET_PREFIX) :] or str(SHIPPED_NUCLEI_UNET)
+        return _unet_detector(str(Path(unet_folder).resolve()) if Path(unet_folder).exists() else unet_folder)
     if name == "od_sum":
         from bcpath.ihc.odsum import od_sum_segmenter
 

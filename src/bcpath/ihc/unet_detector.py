@@ -11,7 +11,9 @@ blue; 9 of 10 such planted nuclei in tests/test_ihc_score.py). So the detector s
 
 and keeps every nucleus of (1) plus those of (2) that lie mostly off (1)'s nuclei (at most
 ``MAX_OVERLAP`` of their pixels on them). Nothing is fitted on IHC images. Validation on the
-DeepLIIF tiles: README, IHC section.
+DeepLIIF tiles: README, IHC section. The view uses Liu et al.'s DAB-H vectors whatever stains
+the scoring uses (``ihc.stains``): it only moves the brown into the blue channel, and the
+scoring measures every cell with its own vectors afterwards.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``bcpath nuclei`` sub-commands: classical nuclei segmentation and its evaluation.
 
-    bcpath nuclei predict --model {otsu,watershed,fiji} [--mpp 0.25] IMAGE... --out DIR
+    bcpath nuclei predict --model {models/nuclei_unet_v2,MODEL_DIR,otsu,watershed,fiji} [--mpp 0.25] IMAGE... --out DIR
     bcpath nuclei evaluate --pred DIR --truth DIR [--out table.csv]
     bcpath nuclei train --data DIR [DIR...] --out DIR [--epochs N --encoder NAME ...]
     bcpath nuclei lodo --model {fiji,...,MODEL_DIR} [--set NAME=DIR ...] [--out DIR]
@@ -104,9 +104,11 @@ def predict_files(
     averages the 8 rotations/flips of each tile. Returns the written paths.
     """
     from bcpath.nuclei.classical import BASELINES, classical_baseline
+    from bcpath.nuclei.slide import resolve_model_path
 
     trained = None
     if model not in BASELINES:
+        model = resolve_model_path(model)
         if not Path(model).exists():
             raise _model_error(model)
         from bcpath.nuclei.predict import load_nuclei_model

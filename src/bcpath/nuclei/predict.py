@@ -10,12 +10,13 @@ probabilities tile by tile, decode them into instances. Training lives in
 - **Resolution.** Images are resampled to the model's µm/px (:func:`resample_rgb`; area down,
   linear up), ``MODEL_MPP`` = 0.5 µm/px by default.
 - **Prediction** (:func:`predict_instances`): resample to model µm/px, normalise with the saved
-  stain fit, 256 px tiles at 50 % overlap blended with a Hann (sin²) window
+  stain fit, tiles of the model's ``tile`` px at its ``predict_overlap`` (train.json; 256 px at
+  50 % unless it says otherwise, models/nuclei_unet_v2: 512 px at 25 %) blended with a Hann (sin²) window
   (:func:`predict_probabilities`, optionally with 8-fold test-time augmentation),
   probabilities resampled to the input's size and decoded there (:func:`decode_at_size`).
 - **Tiles** (:func:`tile_starts`, :func:`tile_grid`): the fewest tiles with at least the given
   overlap, spread evenly; training tiles overlap ≥ 10 % (``TRAIN_OVERLAP``), prediction tiles
-  50 % (``PREDICT_OVERLAP``).
+  50 % (``PREDICT_OVERLAP``) unless the model's train.json says otherwise.
 """
 
 from __future__ import annotations

@@ -147,9 +147,21 @@ GEOJSON_MEASUREMENTS: dict[str, str] = {
 
 # --------------------------------------------------------------------------- segmenters
 
-#: The source checkout: relative model paths (the default ``models/nuclei_unet_v2``) not found
-#: in the working folder are looked up here.
+#: The source checkout: relative ``models/...`` paths (the default ``models/nuclei_unet_v2``)
+#: not found in the working folder are looked up here.
 CHECKOUT_ROOT = Path(__file__).resolve().parents[3]
+
+
+def resolve_model_path(name: str) -> str:
+    """``name`` unchanged, unless it is a relative ``models/...`` path missing from the working
+    folder but present in the source checkout: then that checkout path (logged)."""
+    if os.path.isabs(name) or os.path.exists(name) or not name.replace("\\", "/").startswith("models/"):
+        return name
+    in_checkout = CHECKOUT_ROOT / name
+    if not in_checkout.exists():
+        return name
+    logger.info("model %s: not in the working folder; using the source checkout's %s", name, in_checkout)
+    return str(in_checkout)
 
 
 def get_segmenter(name_or_callable: str | Segmenter, tta: bool = False) -> Segmenter:
@@ -159,7 +171,8 @@ def get_segmenter(name_or_callable: str | Segmenter, tta: bool = False) -> Segme
         name_or_callable: a callable (returned as is); a classical baseline name ("fiji",
             "watershed", "otsu"; :data:`bcpath.nuclei.classical.BASELINES`); a trained U-Net
             folder or its best.pt (``bcpath nuclei train``, e.g. models/nuclei_unet_v2; a relative
-            path missing from the working folder is read from the source checkout); or
+            ``models/...`` path missing from the working folder is read from the source
+            checkout, :func:`resolve_model_path`); or
             ``"package.module:function"`` naming such a callable.
         tta: a trained U-Net predicts with test-time augmentation (8 rotations/flips).
 
@@ -175,9 +188,7 @@ def get_segmenter(name_or_callable: str | Segmenter, tta: bool = False) -> Segme
         segmenter = functools.partial(classical_baseline, name)
         segmenter.__name__ = name  # type: ignore[attr-defined]
         return segmenter
-    in_checkout = CHECKOUT_ROOT / name
-    if not os.path.isabs(name) and not os.path.exists(name) and in_checkout.exists():
-        name = str(in_checkout)  # e.g. models/nuclei_unet_v2 from any working folder
+    name = resolve_model_path(name)
     if ":" in name and not os.path.exists(name):
         module_name, _, attr = name.partition(":")
         try:

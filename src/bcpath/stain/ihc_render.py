@@ -18,7 +18,8 @@ enough (see README, IHC section).
 image, many renders) with wider ranges, structured stromal DAB and blur; the learned IHC
 detector ``models/ihc_nuclei`` (:mod:`bcpath.ihc.nuclei_net`) is trained on it from scratch. On the
 DeepLIIF tiles it reaches mean F1 0.646 within 8 px, below the OD-sum detector's 0.664
-(:mod:`bcpath.ihc.odsum`, the default), so it is shipped but not the default.
+(:mod:`bcpath.ihc.odsum`) and the default ``unet`` detector's 0.725, so it is shipped but not
+the default.
 
 Units: stain amounts are optical densities (OD, log10), as in :mod:`bcpath.stain.deconvolution`.
 """
