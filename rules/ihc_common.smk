@@ -20,10 +20,10 @@ from bcpath.ihc.score import SHIPPED_NUCLEI_UNET as _SHIPPED_NUCLEI_UNET
 _detector = IHC.get("nuclei_model") or _DEFAULT_IHC_DETECTOR
 _model = None
 if _detector == "unet" or _detector.startswith("unet:"):
-    _model = run_or_workflow_path(_detector[len("unet:") :] or "models/" + _SHIPPED_NUCLEI_UNET.name)
-    IHC["nuclei_model"] = "unet:" + str(_model)
+    _model = run_or_workflow_path(_detector[len("unet:") :] or f"models/{_SHIPPED_NUCLEI_UNET.name}")
+    IHC["nuclei_model"] = f"unet:{_model}"
 elif _detector == "learned":
-    _model = run_or_workflow_path("models/" + _SHIPPED_IHC_DETECTOR.name)
+    _model = run_or_workflow_path(f"models/{_SHIPPED_IHC_DETECTOR.name}")
     IHC["nuclei_model"] = str(_model)
 elif _detector not in _IHC_DETECTOR_NAMES:
     _model = run_or_workflow_path(_detector)
