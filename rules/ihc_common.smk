@@ -14,14 +14,15 @@ from bcpath.ihc.nuclei_net import SHIPPED_DETECTOR as _SHIPPED_IHC_DETECTOR
 from bcpath.ihc.score import DEFAULT_DETECTOR as _DEFAULT_IHC_DETECTOR
 from bcpath.ihc.score import NUCLEI_DETECTORS as _IHC_DETECTOR_NAMES
 from bcpath.ihc.score import SHIPPED_NUCLEI_UNET as _SHIPPED_NUCLEI_UNET
+from bcpath.ihc.score import UNET_PREFIX as _UNET_PREFIX
 
 # The shipped models are read from this workflow's models/ (the installed package may not
 # hold them: --sdm conda) and passed to the step by path.
 _detector = IHC.get("nuclei_model") or _DEFAULT_IHC_DETECTOR
 _model = None
-if _detector == "unet" or _detector.startswith("unet:"):
-    _model = run_or_workflow_path(_detector[len("unet:") :] or f"models/{_SHIPPED_NUCLEI_UNET.name}")
-    IHC["nuclei_model"] = f"unet:{_model}"
+if _detector == "unet" or _detector.startswith(_UNET_PREFIX):
+    _model = run_or_workflow_path(_detector[len(_UNET_PREFIX) :] or f"models/{_SHIPPED_NUCLEI_UNET.name}")
+    IHC["nuclei_model"] = f"{_UNET_PREFIX}{_model}"
 elif _detector == "learned":
     _model = run_or_workflow_path(f"models/{_SHIPPED_IHC_DETECTOR.name}")
     IHC["nuclei_model"] = str(_model)

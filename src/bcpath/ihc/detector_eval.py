@@ -144,10 +144,9 @@ def segmenter_for(name: str, models_dir: str | Path | None = None) -> Segmenter 
 
     models = Path(models_dir) if models_dir else MODELS_DIR
     if name == "unet":
-        from bcpath.ihc.unet_detector import ihc_unet_segmenter
-        from bcpath.nuclei.slide import get_segmenter
+        from bcpath.ihc.score import UNET_PREFIX
 
-        return ihc_unet_segmenter(get_segmenter(str(models / "nuclei_unet_v2")))
+        return nuclei_model_segmenter(f"{UNET_PREFIX}{models / 'nuclei_unet_v2'}")
     if name == "learned":
         return nuclei_model_segmenter(models / "ihc_nuclei")
     if name in ("threshold", "od_sum"):

@@ -238,7 +238,7 @@ NUCLEI_DETECTORS = ("unet", "od_sum", "learned", "threshold")
 DEFAULT_DETECTOR = "unet"
 SHIPPED_NUCLEI_UNET = Path(__file__).resolve().parents[3] / "models" / "nuclei_unet_v2"
 #: ``"unet:<folder>"``: the ``unet`` detector with another H&E nuclei model folder (the rules
-#: pass the workflow's own models/nuclei_unet_v2 so, as the package may be installed elsewhere)
+#: pass the workflow's own models/nuclei_unet_v2 this way: the package may be installed elsewhere)
 UNET_PREFIX = "unet:"
 
 
@@ -275,7 +275,7 @@ def nuclei_model_segmenter(path: str | Path) -> Callable[[np.ndarray, float], np
         return None
     if name == "unet" or name.startswith(UNET_PREFIX):
         unet_folder = name[len(UNET_PREFIX) :] or str(SHIPPED_NUCLEI_UNET)
-        return _unet_detector(str(Path(unet_folder).resolve()) if Path(unet_folder).exists() else unet_folder)
+        return _unet_detector(str(Path(unet_folder).resolve()))  # one cache entry per folder
     if name == "od_sum":
         from bcpath.ihc.odsum import od_sum_segmenter
 
