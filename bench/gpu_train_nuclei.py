@@ -312,7 +312,10 @@ def loss_fn(logits: torch.Tensor, cls: torch.Tensor, weight: torch.Tensor, dist:
 def train_run(
     images: dict[str, list[Img]], sets: list[str], variant: dict[str, Any], seconds: float, args: argparse.Namespace,
     device: torch.device, log: Any, tensors: dict[str, list[torch.Tensor]], max_steps: int | None = None,
+    model: torch.nn.Module | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train ``model`` (default: a new one of ``variant``'s architecture) on ``sets`` for
+    ``max_steps`` steps, or as many as ``seconds`` allow."""
     from bcpath.stain.augment import StainAugment
 
     t0 = time.perf_counter()
@@ -321,9 +324,8 @@ def train_run(
     sampler = MixedSampler(ds.groups, seed=args.seed)
     rng = np.random.default_rng(args.seed)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    arch = architecture_of(variant)
-    model = build(arch).to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=variant["lr"], weight_decay=1e-4)
+    model = (model if model is not None else build(architecture_of(variant))).to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=variant["lr"], weight_decay=1e-4)
     aug = StainAugment()
     amp = device.type == "cuda"
     warm, total, step, losses = 20, max_steps or 10**9, 0, []

@@ -89,3 +89,72 @@ def test_folds_in_two_processes_then_merge(tmp_path: Path, small_pack: Path) -> 
     from bcpath.nuclei.predict import load_nuclei_model
 
     assert load_nuclei_model(tmp_path / "m" / "final_model", device="cpu").threshold == chosen
+
+
+def _script(name: str, *args: str | Path) -> None:
+    subprocess.run([sys.executable, str(ROOT / "bench" / name), *map(str, args)], check=True, env=ENV, cwd=ROOT, timeout=240)
+
+
+def test_paper_comparison_dry_run_gives_every_row(tmp_path: Path, small_pack: Path) -> None:
+    """bench/nuclei_paper_comparison.py (issue 13 item 8): plain U-Nets (3 seeds), ResNet-34
+    U-Net, ensemble, GB U-Net and Mask R-CNN trained and scored on one fold, then one table."""
+    out = tmp_path / "cmp"
+    _script("nuclei_paper_comparison.py", "--out", out, "--pack", small_pack, "--dry-run", "--held-out", "cpm15")
+    _script("nuclei_paper_comparison.py", "--out", out, "--table")
+    table = json.loads((out / "comparison.json").read_text())
+    assert set(table) == {"plain", "plain_seed1", "plain_seed2", "resnet34", "ensemble", "gb_unet", "mask_rcnn"}
+    for name, row in table.items():
+        assert row["at_fixed"]["n_images"] == 2, name
+        assert 0.0 <= row["at_fixed"]["mean_aji"] <= row["at_best"]["mean_aji"] <= 1.0, name
+    assert table["mask_rcnn"]["fixed_threshold"] == 0.5 and table["plain"]["fixed_threshold"] == 0.4
+    assert sorted(p.name for p in (out / "members").iterdir()) == ["seed0.pt", "seed1.pt", "seed2.pt"]
+    assert (out / "comparison.md").read_text().count("\n") == 2 + len(table)
+
+
+def test_organ_lodo_dry_run(tmp_path: Path, small_pack: Path) -> None:
+    out = tmp_path / "org"
+    _script("nuclei_organ_lodo.py", "--out", out, "--pack", small_pack, "--dry-run")
+    _script("nuclei_organ_lodo.py", "--out", out, "--table")
+    table = json.loads((out / "organ_lodo.json").read_text())
+    assert list(table["organs"]) == ["lung"]  # the small pack's two MoNuSeg images are TCGA-21 (lung)
+    assert len(table["per_image"]) == 2 and table["organs"]["lung"]["steps"] == 3
+
+
+def test_mask_rcnn_instance_targets_and_painting() -> None:
+    """Two touching nuclei split by a boundary line become two instances that keep their
+    boundary pixels; detections paint highest score first and drop those under the threshold."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("nuclei_paper_comparison", ROOT / "bench" / "nuclei_paper_comparison.py")
+    assert spec and spec.loader
+    cmp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cmp)
+    cls = np.zeros((1, 20, 30), np.int64)
+    cls[0, 4:16, 2:22] = 2
+    cls[0, 5:15, 3:11] = 1
+    cls[0, 5:15, 13:21] = 1  # columns 11-12: the boundary between the two nuclei
+    (target,) = cmp.instance_targets(torch.from_numpy(cls))
+    assert target["boxes"].shape == (2, 4) and target["labels"].tolist() == [1, 1]
+    masks = target["masks"].numpy().astype(bool)
+    assert masks.sum(axis=(1, 2)).tolist() == [12 * 10, 12 * 10]  # 10 x 8 interiors grown by one pixel
+    assert not (masks[0] & masks[1]).any() and (masks[0] | masks[1]).sum() == (cls > 0).sum()
+    assert sorted(target["boxes"].tolist()) == [[2.0, 4.0, 12.0, 16.0], [12.0, 4.0, 22.0, 16.0]]  # x0, y0, x1, y1
+    # painting: the 0.9 detection takes the overlap, the 0.35 one counts only below 0.4
+    gt = np.zeros((20, 30), np.int32)
+    gt[2:10, 2:10], gt[2:10, 14:24] = 1, 2
+    scores = np.array([0.35, 0.9, 0.6], np.float32)
+    probs = np.zeros((3, 20, 30), np.float16)
+    probs[0, 12:18, 2:10] = 0.9  # a false positive, low score
+    probs[1, 2:10, 2:12] = 0.8  # nucleus 1, two columns too wide
+    probs[2, 2:10, 10:24] = 0.7  # nucleus 2 plus the columns nucleus 1 already took
+    cmp.g.IMAGES["unit"] = [cmp.g.Img("unit", "u", "u", 0.5, np.zeros((20, 30, 3), np.uint8), None, gt, gt)]
+    try:
+        _, rows = cmp._score_instances(("unit", 0, scores, probs))
+    finally:
+        del cmp.g.IMAGES["unit"]
+    by_t = dict(zip(cmp.SCORE_THRESHOLDS, rows, strict=True))
+    assert by_t[0.5]["n_pred"] == 2 and by_t[0.3]["n_pred"] == 3 and by_t[0.7]["n_pred"] == 1
+    # t 0.5: nucleus 1 (64 px) in an 80 px mask, nucleus 2 (80 px) in a 96 px mask (cols 12-23)
+    assert by_t[0.5]["aji"] == pytest.approx((64 + 80) / (80 + 96))
