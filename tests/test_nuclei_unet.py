@@ -201,3 +201,31 @@ def test_tiny_overfit_halves_the_loss():
         optimiser.step()
         losses.append(loss.item())
     assert losses[-1] <= 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("encoder", ["plain", "resnet18"])
+def test_fold_batchnorm_keeps_outputs(encoder):
+    """Folding BN into the convs (inference) leaves the logits equal to float rounding and
+    removes every BN that follows a conv; a model still in training mode is refused."""
+    from bcpath.nuclei.unet import PlainUNet, fold_batchnorm
+
+    torch.manual_seed(0)
+    model = PlainUNet(3, 4, depth=3, base=4) if encoder == "plain" else UNet(encoder, 4, 3)
+    for m in model.modules():  # non-trivial running statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    with pytest.raises(BcpathError, match="eval mode"):
+        fold_batchnorm(model)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        fold_batchnorm(model)
+        after = model(x)
+    remaining = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert n_bn > 0 and (remaining == 0 if encoder == "plain" else remaining < n_bn)
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)

@@ -631,7 +631,7 @@ def _initialise_from(
     """Load an earlier run's weights into ``model``; return {path, sha256, architecture} or None."""
     if init_from is None:
         return None
-    earlier = load_nuclei_model(Path(init_from), device=device)
+    earlier = load_nuclei_model(Path(init_from), device=device, fold_bn=False)
     if earlier.architecture != architecture:
         raise BcpathError(
             f"init_from {init_from}: architecture {earlier.architecture} differs from this run's "
