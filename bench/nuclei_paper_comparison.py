@@ -20,7 +20,9 @@ number of steps for every trained model, as bench/gpu_train_nuclei.py (whose fun
 - ``mask_rcnn``: torchvision Mask R-CNN with a ResNet-18 FPN backbone from scratch (batch norm,
   not frozen: frozen statistics of an untrained network would be the identity), anchors of
   8-128 px for nuclei at 0.5 µm/px, instance targets = the augmented crop's interior components
-  grown by one pixel into the boundary class; ranked by detection score, masks at 0.5.
+  grown by one pixel into the boundary class; ranked by detection score, masks at 0.5;
+- ``fiji``: the Fiji-like classical baseline (no training), run on the held-out set's images at
+  their own size and µm/px from ../shared, as ``bcpath nuclei lodo --model fiji`` does.
 
 Every model's output is decoded at each threshold of its grid (distance markers 0.3-0.7 for the
 U-Nets; detection score 0.3-0.7 for Mask R-CNN) and scored per held-out image (AJI at the image's
@@ -62,7 +64,7 @@ from bcpath.nuclei.targets import DISTANCE_THRESHOLDS  # noqa: E402
 from bcpath.nuclei.unet import GBUNet, PlainUNet, UNet  # noqa: E402
 from bcpath.stain.augment import StainAugment  # noqa: E402
 
-MODELS = ("plain", "resnet34", "ensemble", "gb_unet", "mask_rcnn")
+MODELS = ("plain", "resnet34", "ensemble", "gb_unet", "mask_rcnn", "fiji")
 RECIPE = g.VARIANTS["plain8_stainaug_dist"]  # models/nuclei_unet_v2's recipe
 FIXED_THRESHOLD = {"unet": 0.4, "mask_rcnn": 0.5}
 SCORE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -229,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pack", type=Path, default=ROOT.parent / ".gpu_data" / "nuclei_pack.npz")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--held-out", default="consep", choices=g.SETS)
+    p.add_argument("--shared", type=Path, default=ROOT.parents[1] / "shared" / "data" / "nuclei",
+                   help="the annotated sets (for the fiji row, which reads the held-out images at their own size)")
     p.add_argument("--steps", type=int, default=3000, help="training steps of every model (the GB U-Net's second stage too)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=128)
@@ -260,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         g.IMAGES[name][i].extra = extra
     tensors = g.device_tensors(g.IMAGES, torch.device("cpu"))
     train = [s for s in g.SETS if s != args.held_out]
-    held_rgb = [im.raw for im in g.IMAGES[args.held_out]]
+    held_images = g.IMAGES[args.held_out]
+    held_rgb = [im.raw for im in held_images]
     log(f"fold: train {'+'.join(train)}, held out {args.held_out} ({len(held_rgb)} images); models {models}; {args.steps} steps each")
     members_dir = args.out / "members"
     members_dir.mkdir(exist_ok=True)
@@ -318,6 +323,27 @@ def main(argv: list[str] | None = None) -> int:
             gb = GBUNet([member(k) for k in range(N_MEMBERS)], n_classes=4, freeze_first_stage=True, depth=4, base=8, dropout=0.1)
             model, info = g.train_run(g.IMAGES, train, RECIPE, 0.0, args, torch.device("cpu"), log, tensors, max_steps=args.steps, model=gb)
             save("gb_unet", DISTANCE_THRESHOLDS, score_maps(unet_maps(model)), info)
+        elif name == "fiji":
+            from gpu_nuclei_pack import SETS as PACK_FOLDERS
+
+            from bcpath.nuclei.classical import classical_baseline
+            from bcpath.nuclei.datasets import list_nuclei_folder
+
+            folder = args.shared / PACK_FOLDERS[args.held_out]
+            names = {im.name for im in held_images}  # all of the set, or the dry run's first 2
+            rows = []
+            for sample in list_nuclei_folder(folder):
+                if sample.name in names:
+                    rgb, truth = sample.load()
+                    rows.append({"set": args.held_out, "image": sample.name, **score_image(truth, classical_baseline("fiji", rgb, sample.mpp))})
+            if len(rows) != len(names):
+                raise SystemExit(f"{folder}: found {len(rows)} of the pack's {len(names)} {args.held_out} images")
+            summary = summarise_set(rows)
+            res = {"model": "fiji", "held_out": args.held_out, "train": [], "steps": 0, "thresholds": [], "dry_run": args.dry_run,
+                   "train_s": 0.0, "predict_s": time.perf_counter() - t0, "folder": str(folder),
+                   "summary": {"none": summary}, "per_image": {"none": rows}}  # fmt: skip
+            (args.out / "fiji.json").write_text(json.dumps(res, indent=1, default=float))
+            log(f"  fiji: mean AJI {summary['mean_aji']:.3f} / pooled {summary['pooled_aji']:.3f}")
         else:  # mask_rcnn
             model, info = train_mask_rcnn(train, args, tensors, log)
             t1 = time.perf_counter()
@@ -338,28 +364,42 @@ LABELS = {
     "ensemble": "U-Net ensemble (the 3 plain U-Nets)",
     "gb_unet": "GB U-Net (2nd stage on the 3 U-Nets' maps + image)",
     "mask_rcnn": "Mask R-CNN (ResNet-18 FPN, from scratch)",
+    "fiji": "Fiji-like baseline (no training)",
 }
 
 
 def write_table(out: Path) -> str:
-    """comparison.md / comparison.json from the <model>.json files in ``out``."""
-    rows, table = [], {}
+    """comparison.md / comparison.json from the <model>.json files in ``out``: per model the
+    summary at its fixed threshold and at its best one on this fold, and the per-image rows
+    (image, AJI, intersection, union) at the fixed threshold that the summary comes from."""
+    rows, table, fold = [], {}, {}
     for name in LABELS:
         path = out / f"{name}.json"
         if not path.is_file():
             continue
         res = json.loads(path.read_text())
-        fixed = str(FIXED_THRESHOLD["mask_rcnn" if name == "mask_rcnn" else "unet"])
+        if res["train"]:
+            fold = {"held_out": res["held_out"], "train": res["train"], "batch": res.get("batch"), "crop": res.get("crop")}
+        fixed = "none" if name == "fiji" else str(FIXED_THRESHOLD["mask_rcnn" if name == "mask_rcnn" else "unet"])
         best_t = max(res["summary"], key=lambda t: res["summary"][t]["mean_aji"])
         f, b = res["summary"][fixed], res["summary"][best_t]
         worst = f.get("worst_source", f["worst_image"]), f.get("worst_source_aji", f["worst_aji"])
-        table[name] = {"fixed_threshold": float(fixed), "at_fixed": f, "best_threshold": float(best_t), "at_best": b,
-                       "steps": res["steps"], "train_s": res.get("train_s")}
-        rows.append(f"| {LABELS[name]} | {f['mean_aji']:.3f} / {f['pooled_aji']:.3f} (t {fixed}) | {worst[0]} {worst[1]:.3f} | "
-                    f"{b['mean_aji']:.3f} / {b['pooled_aji']:.3f} (t {best_t}) | {res['steps']} | {(res.get('train_s') or 0) / 60:.0f} |")
+        table[name] = {
+            "label": LABELS[name], "fixed_threshold": None if fixed == "none" else float(fixed), "at_fixed": f,
+            "best_threshold": None if best_t == "none" else float(best_t), "at_best": b, "steps": res["steps"],
+            "train_s": res.get("train_s"), "predict_s": res.get("predict_s"),
+            "per_image_at_fixed": [[r["image"], r["aji"], r["inter"], r["union"]] for r in res["per_image"][fixed]],
+        }
+        at_fixed = f"{f['mean_aji']:.3f} / {f['pooled_aji']:.3f}" + ("" if fixed == "none" else f" (t {fixed})")
+        at_best = "—" if best_t == "none" else f"{b['mean_aji']:.3f} / {b['pooled_aji']:.3f} (t {best_t})"
+        rows.append(f"| {LABELS[name]} | {at_fixed} | {worst[0]} {worst[1]:.3f} | {at_best} | {res['steps']} | "
+                    f"{(res.get('train_s') or 0) / 60:.0f} |")
+    if not table:
+        raise SystemExit(f"{out}: no <model>.json to merge")
     md = ("| model | mean / pooled AJI at the fixed threshold | worst source image | at its best threshold on this fold | steps | train min |\n"
           "|---|---|---|---|---|---|\n" + "\n".join(rows))
-    (out / "comparison.json").write_text(json.dumps(table, indent=1, default=float))
+    record = {**fold, "per_image_columns": ["image", "aji", "inter", "union"], "models": table, "table_markdown": md}
+    (out / "comparison.json").write_text(json.dumps(record, default=float))
     (out / "comparison.md").write_text(md + "\n")
     return md
 

@@ -97,16 +97,21 @@ def _script(name: str, *args: str | Path) -> None:
 
 def test_paper_comparison_dry_run_gives_every_row(tmp_path: Path, small_pack: Path) -> None:
     """bench/nuclei_paper_comparison.py (issue 13 item 8): plain U-Nets (3 seeds), ResNet-34
-    U-Net, ensemble, GB U-Net and Mask R-CNN trained and scored on one fold, then one table."""
+    U-Net, ensemble, GB U-Net and Mask R-CNN trained and scored on one fold, the Fiji-like
+    baseline beside them, then one table."""
     out = tmp_path / "cmp"
     _script("nuclei_paper_comparison.py", "--out", out, "--pack", small_pack, "--dry-run", "--held-out", "cpm15")
     _script("nuclei_paper_comparison.py", "--out", out, "--table")
-    table = json.loads((out / "comparison.json").read_text())
-    assert set(table) == {"plain", "plain_seed1", "plain_seed2", "resnet34", "ensemble", "gb_unet", "mask_rcnn"}
+    record = json.loads((out / "comparison.json").read_text())
+    table = record["models"]
+    assert record["held_out"] == "cpm15" and record["train"] == ["monuseg", "consep"]
+    assert set(table) == {"plain", "plain_seed1", "plain_seed2", "resnet34", "ensemble", "gb_unet", "mask_rcnn", "fiji"}
     for name, row in table.items():
         assert row["at_fixed"]["n_images"] == 2, name
         assert 0.0 <= row["at_fixed"]["mean_aji"] <= row["at_best"]["mean_aji"] <= 1.0, name
+        assert [r[0] for r in row["per_image_at_fixed"]] == [r[0] for r in table["plain"]["per_image_at_fixed"]], name
     assert table["mask_rcnn"]["fixed_threshold"] == 0.5 and table["plain"]["fixed_threshold"] == 0.4
+    assert table["fiji"]["fixed_threshold"] is None and table["fiji"]["steps"] == 0
     assert sorted(p.name for p in (out / "members").iterdir()) == ["seed0.pt", "seed1.pt", "seed2.pt"]
     assert (out / "comparison.md").read_text().count("\n") == 2 + len(table)
 
