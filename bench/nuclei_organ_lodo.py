@@ -16,6 +16,9 @@ Threshold: per held-out organ, the one with the best mean of the *other* organs'
 the images that choose and the images that measure differ); the fixed 0.4 of
 models/nuclei_unet_v2 is reported beside it.
 
+``--fiji`` scores the Fiji-like classical baseline (no training) on the same images at their own
+size from ../shared (``fiji_monuseg.json``); the table gives its mean AJI per organ beside the U-Net's.
+
 Outputs in ``--out``: ``organ_<organ>.json`` per organ, ``organ_lodo.json`` / ``organ_lodo.md``
 with ``--table``.
 """
@@ -71,11 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--table", action="store_true", help="no training: merge organ_*.json into the table")
+    p.add_argument("--fiji", action="store_true", help="no training: score the Fiji-like baseline on the MoNuSeg images")
+    p.add_argument("--shared", type=Path, default=ROOT.parents[1] / "shared" / "data" / "nuclei")
     p.add_argument("--dry-run", action="store_true", help="cropped images, 3 steps, one organ")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.table:
         print(write_table(args.out))
+        return 0
+    if args.fiji:
+        score_fiji(args.shared / "monuseg_nonbreast", args.out / "fiji_monuseg.json")
         return 0
     if args.dry_run:
         args.steps, args.batch, args.crop = 3, 2, 64
@@ -121,11 +129,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def score_fiji(folder: Path, out: Path) -> None:
+    """Per-image AJI rows of the Fiji-like baseline on the MoNuSeg images in ``folder``."""
+    from bcpath.nuclei.classical import classical_baseline
+    from bcpath.nuclei.datasets import list_nuclei_folder
+
+    rows = []
+    for sample in list_nuclei_folder(folder):
+        rgb, truth = sample.load()
+        rows.append({"organ": organ_of(sample.name), "image": sample.name, **score_image(truth, classical_baseline("fiji", rgb, sample.mpp))})
+    out.write_text(json.dumps({"model": "fiji", "folder": str(folder), "per_image": rows}, indent=1, default=float))
+    print(f"fiji on {len(rows)} images: mean AJI {np.mean([r['aji'] for r in rows]):.3f}")
+
+
 def write_table(out: Path) -> str:
     """organ_lodo.md / .json: per held-out organ, AJI at the threshold chosen on the other organs."""
     parts = {json.loads(p.read_text())["organ"]: json.loads(p.read_text()) for p in sorted(out.glob("organ_*.json"))}
     if not parts:
         raise SystemExit(f"{out}: no organ_*.json")
+    fiji_path = out / "fiji_monuseg.json"
+    fiji = json.loads(fiji_path.read_text())["per_image"] if fiji_path.is_file() else []
     rows, table, images = [], {}, []
     for organ, res in parts.items():
         others = [r for o, r in parts.items() if o != organ]
@@ -133,15 +156,23 @@ def write_table(out: Path) -> str:
         s, f = res["summary"][t], res["summary"][str(V2_THRESHOLD)]
         table[organ] = {"threshold_from_other_organs": float(t), "at_chosen": s, "at_v2_threshold": f, "steps": res["steps"]}
         images += [{"organ": organ, **r} for r in res["per_image"][t]]
+        fiji_cell = "—"
+        if fiji:
+            fiji_rows = [r for r in fiji if r["organ"] == organ]
+            table[organ]["fiji"] = summarise_set(fiji_rows)
+            fiji_cell = f"{table[organ]['fiji']['mean_aji']:.3f}"
         rows.append(f"| {organ} | {s['n_images']} | {s['mean_aji']:.3f} / {s['pooled_aji']:.3f} (t {t}) | "
-                    f"{s['worst_image']} {s['worst_aji']:.3f} | {f['mean_aji']:.3f} |")
+                    f"{s['worst_image']} {s['worst_aji']:.3f} | {f['mean_aji']:.3f} | {fiji_cell} |")
     ajis = np.array([r["aji"] for r in images])
     worst = images[int(np.argmin(ajis))]
+    held_fiji = [r["aji"] for r in fiji if r["organ"] in table]
     rows.append(f"| all {len(images)} images | {len(images)} | {ajis.mean():.3f} (mean over images) | {worst['image']} {worst['aji']:.3f} | "
-                f"{np.mean([table[o]['at_v2_threshold']['mean_aji'] for o in table]):.3f} (mean of organ means) |")
-    md = ("| held-out organ | images | mean / pooled AJI (threshold chosen on the other organs) | worst image | mean AJI at 0.4 |\n"
-          "|---|---|---|---|---|\n" + "\n".join(rows))
-    (out / "organ_lodo.json").write_text(json.dumps({"organs": table, "per_image": images}, indent=1, default=float))
+                f"{np.mean([table[o]['at_v2_threshold']['mean_aji'] for o in table]):.3f} (mean of organ means) | "
+                f"{f'{np.mean(held_fiji):.3f} (mean over images)' if held_fiji else '—'} |")
+    md = ("| held-out organ | images | mean / pooled AJI (threshold chosen on the other organs) | worst image | mean AJI at 0.4 | Fiji-like mean AJI |\n"
+          "|---|---|---|---|---|---|\n" + "\n".join(rows))
+    record = {"organs": table, "per_image": images, "fiji_per_image": fiji, "table_markdown": md}
+    (out / "organ_lodo.json").write_text(json.dumps(record, indent=1, default=float))
     (out / "organ_lodo.md").write_text(md + "\n")
     return md
 

@@ -117,12 +117,25 @@ def test_paper_comparison_dry_run_gives_every_row(tmp_path: Path, small_pack: Pa
 
 
 def test_organ_lodo_dry_run(tmp_path: Path, small_pack: Path) -> None:
+    """bench/nuclei_organ_lodo.py: one organ held out (3 steps), the Fiji-like baseline beside it."""
     out = tmp_path / "org"
     _script("nuclei_organ_lodo.py", "--out", out, "--pack", small_pack, "--dry-run")
+    # the Fiji-like baseline on two lung images and one kidney image (a set folder of links)
+    shared = ROOT.parent / "shared" / "data" / "nuclei" / "monuseg_nonbreast"
+    folder = tmp_path / "nuclei" / "monuseg_nonbreast"
+    for sub, ext in (("images", "tif"), ("annotations", "xml")):
+        (folder / sub).mkdir(parents=True)
+        for name in ("TCGA-21-5784-01Z-00-DX1", "TCGA-21-5786-01Z-00-DX1", "TCGA-2Z-A9J9-01A-01-TS1"):
+            (folder / sub / f"{name}.{ext}").symlink_to(shared / sub / f"{name}.{ext}")
+    _script("nuclei_organ_lodo.py", "--out", out, "--fiji", "--shared", folder.parent)
     _script("nuclei_organ_lodo.py", "--out", out, "--table")
-    table = json.loads((out / "organ_lodo.json").read_text())
-    assert list(table["organs"]) == ["lung"]  # the small pack's two MoNuSeg images are TCGA-21 (lung)
-    assert len(table["per_image"]) == 2 and table["organs"]["lung"]["steps"] == 3
+    record = json.loads((out / "organ_lodo.json").read_text())
+    assert list(record["organs"]) == ["lung"]  # the small pack's two MoNuSeg images are TCGA-21 (lung)
+    assert len(record["per_image"]) == 2 and record["organs"]["lung"]["steps"] == 3
+    assert [r["organ"] for r in record["fiji_per_image"]] == ["lung", "lung", "kidney"]
+    lung_fiji = record["organs"]["lung"]["fiji"]
+    assert lung_fiji["n_images"] == 2 and 0.3 < lung_fiji["mean_aji"] < 0.7  # Fiji on MoNuSeg: 0.485 mean (v2 card)
+    assert "| lung | 2 |" in record["table_markdown"] and f"| {lung_fiji['mean_aji']:.3f} |" in record["table_markdown"]
 
 
 def test_mask_rcnn_instance_targets_and_painting() -> None:
