@@ -154,7 +154,8 @@ def write_table(out: Path) -> str:
         others = [r for o, r in parts.items() if o != organ]
         t = max(res["summary"], key=lambda k: np.mean([r["summary"][k]["mean_aji"] for r in others]) if others else 0.0)
         s, f = res["summary"][t], res["summary"][str(V2_THRESHOLD)]
-        table[organ] = {"threshold_from_other_organs": float(t), "at_chosen": s, "at_v2_threshold": f, "steps": res["steps"]}
+        table[organ] = {"threshold_from_other_organs": float(t), "at_chosen": s, "at_v2_threshold": f, "steps": res["steps"],
+                        "train_s": res["train_s"], "mean_aji_by_threshold": {k: v["mean_aji"] for k, v in res["summary"].items()}}
         images += [{"organ": organ, **r} for r in res["per_image"][t]]
         fiji_cell = "—"
         if fiji:
