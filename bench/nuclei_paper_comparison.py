@@ -356,6 +356,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def gflop_per_megapixel() -> dict[str, float]:
+    """Inference cost of each model: GFLOP per megapixel at 0.5 µm/px (torch's FLOP counter on
+    one 512 px tile, the size models/nuclei_unet_v2 predicts). Mask R-CNN is counted untrained
+    (almost no detections), so its figure is a floor: each detection adds box and mask heads."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def plain() -> torch.nn.Module:
+        return g.build(g.architecture_of(RECIPE)).eval()
+
+    mask_rcnn = build_mask_rcnn(512).eval()
+    models: dict[str, Any] = {
+        "plain": plain(), "resnet34": UNet("resnet34", 4, 3).eval(), "mask_rcnn": lambda x: mask_rcnn(list(x)),
+        "gb_unet": GBUNet([plain() for _ in range(N_MEMBERS)], n_classes=4, freeze_first_stage=True, depth=4, base=8, dropout=0.1).eval(),
+    }  # fmt: skip
+    x = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for name, model in models.items():
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(x)
+        out[name] = counter.get_total_flops() / (512 * 512 / 1e6) / 1e9
+    out.update(plain_seed1=out["plain"], plain_seed2=out["plain"], ensemble=N_MEMBERS * out["plain"], fiji=float("nan"))
+    return out
+
+
 LABELS = {
     "plain": "plain U-Net (v2 recipe, base 8), seed 0",
     "plain_seed1": "plain U-Net, seed 1",
@@ -373,6 +397,7 @@ def write_table(out: Path) -> str:
     summary at its fixed threshold and at its best one on this fold, and the per-image rows
     (image, AJI, intersection, union) at the fixed threshold that the summary comes from."""
     rows, table, fold = [], {}, {}
+    gflop = gflop_per_megapixel()
     for name in LABELS:
         path = out / f"{name}.json"
         if not path.is_file():
@@ -387,17 +412,18 @@ def write_table(out: Path) -> str:
         table[name] = {
             "label": LABELS[name], "fixed_threshold": None if fixed == "none" else float(fixed), "at_fixed": f,
             "best_threshold": None if best_t == "none" else float(best_t), "at_best": b, "steps": res["steps"],
-            "train_s": res.get("train_s"), "predict_s": res.get("predict_s"),
+            "train_s": res.get("train_s"), "predict_s": res.get("predict_s"), "gflop_per_mp": None if name == "fiji" else gflop[name],
             "per_image_at_fixed": [[r["image"], r["aji"], r["inter"], r["union"]] for r in res["per_image"][fixed]],
         }
         at_fixed = f"{f['mean_aji']:.3f} / {f['pooled_aji']:.3f}" + ("" if fixed == "none" else f" (t {fixed})")
         at_best = "—" if best_t == "none" else f"{b['mean_aji']:.3f} / {b['pooled_aji']:.3f} (t {best_t})"
-        rows.append(f"| {LABELS[name]} | {at_fixed} | {worst[0]} {worst[1]:.3f} | {at_best} | {res['steps']} | "
-                    f"{(res.get('train_s') or 0) / 60:.0f} |")
+        cost = "—" if name == "fiji" else f"{gflop[name]:.0f}" + (" (floor)" if name == "mask_rcnn" else "")
+        train_min = {"ensemble": "its members'", "fiji": "—"}.get(name, f"{(res.get('train_s') or 0) / 60:.0f}")
+        rows.append(f"| {LABELS[name]} | {at_fixed} | {worst[0]} {worst[1]:.3f} | {at_best} | {res['steps']} | {train_min} | {cost} |")
     if not table:
         raise SystemExit(f"{out}: no <model>.json to merge")
-    md = ("| model | mean / pooled AJI at the fixed threshold | worst source image | at its best threshold on this fold | steps | train min |\n"
-          "|---|---|---|---|---|---|\n" + "\n".join(rows))
+    md = ("| model | mean / pooled AJI at the fixed threshold | worst source image | at its best threshold on this fold | steps | "
+          "train min | GFLOP per MP |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows))
     record = {**fold, "per_image_columns": ["image", "aji", "inter", "union"], "models": table, "table_markdown": md}
     (out / "comparison.json").write_text(json.dumps(record, default=float))
     (out / "comparison.md").write_text(md + "\n")

@@ -112,6 +112,9 @@ def test_paper_comparison_dry_run_gives_every_row(tmp_path: Path, small_pack: Pa
         assert [r[0] for r in row["per_image_at_fixed"]] == [r[0] for r in table["plain"]["per_image_at_fixed"]], name
     assert table["mask_rcnn"]["fixed_threshold"] == 0.5 and table["plain"]["fixed_threshold"] == 0.4
     assert table["fiji"]["fixed_threshold"] is None and table["fiji"]["steps"] == 0
+    cost = {name: row["gflop_per_mp"] for name, row in table.items()}  # inference GFLOP per MP at 0.5 µm/px
+    assert cost["fiji"] is None and cost["ensemble"] == pytest.approx(3 * cost["plain"])
+    assert 20 < cost["plain"] < 35 and cost["plain"] < cost["ensemble"] < cost["gb_unet"] < cost["resnet34"]
     assert sorted(p.name for p in (out / "members").iterdir()) == ["seed0.pt", "seed1.pt", "seed2.pt"]
     assert (out / "comparison.md").read_text().count("\n") == 2 + len(table)
 
