@@ -113,3 +113,35 @@ def test_fits_its_training_images_and_beats_fiji(repo_root, require_shared, torc
     assert np.mean(unet) == pytest.approx(0.665, abs=0.02)
     assert min(unet) >= 0.47
     assert np.mean(unet) > np.mean(fiji) + 0.1
+
+
+def test_paper_comparison_table_is_its_per_image_record(repo_root, record):
+    """Issue 13 item 8 (bench/nuclei_paper_comparison.py, CoNSeP held out): every row of the
+    table in the card and the README is recomputed from the per-image rows in
+    paper_comparison.json, and the choice it argues for (keep the plain U-Net) still follows."""
+    from bcpath.nuclei.lodo import summarise_set
+
+    _, _, card = record
+    readme = (repo_root / "README.md").read_text()
+    comparison = json.loads((repo_root / MODEL / "paper_comparison.json").read_text())
+    assert comparison["held_out"] == "consep" and comparison["train"] == ["monuseg", "cpm15"]
+    models = comparison["models"]
+    assert set(models) == {"plain", "plain_seed1", "plain_seed2", "resnet34", "ensemble", "gb_unet", "mask_rcnn", "fiji"}
+    for name, row in models.items():
+        rows = [dict(zip(comparison["per_image_columns"], r, strict=True)) for r in row["per_image_at_fixed"]]
+        again = summarise_set(rows)
+        assert again["n_images"] == 432 and again["n_sources"] == 27, name
+        for key in ("mean_aji", "pooled_aji", "worst_source_aji"):
+            assert again[key] == pytest.approx(row["at_fixed"][key], abs=1e-9), (name, key)
+        assert again["worst_source"] == row["at_fixed"]["worst_source"], name
+    for line in comparison["table_markdown"].splitlines():
+        assert line in card and line in readme, line
+    mean = {name: row["at_fixed"]["mean_aji"] for name, row in models.items()}
+    seeds = [mean["plain"], mean["plain_seed1"], mean["plain_seed2"]]
+    # every trained model above the Fiji-like baseline; ensemble and GB U-Net within the seed spread
+    assert all(mean[name] > mean["fiji"] + 0.04 for name in models if name != "fiji")
+    spread = max(seeds) - min(seeds)
+    assert spread < 0.03 and min(seeds) - spread <= mean["gb_unet"] <= max(seeds) + spread
+    assert min(seeds) - spread <= mean["ensemble"] <= max(seeds) + spread
+    # the ResNet-34 U-Net costs several times the plain one per megapixel
+    assert models["resnet34"]["gflop_per_mp"] > 5 * models["plain"]["gflop_per_mp"]
