@@ -132,6 +132,7 @@ def test_organ_lodo_dry_run(tmp_path: Path, small_pack: Path) -> None:
             (folder / sub / f"{name}.{ext}").symlink_to(shared / sub / f"{name}.{ext}")
     _script("nuclei_organ_lodo.py", "--out", out, "--fiji", "--shared", folder.parent)
     _script("nuclei_organ_lodo.py", "--out", out, "--table")
+    _script("nuclei_organ_lodo.py", "--out", out, "--table")  # again: its own organ_lodo.json is not an organ
     record = json.loads((out / "organ_lodo.json").read_text())
     assert list(record["organs"]) == ["lung"]  # the small pack's two MoNuSeg images are TCGA-21 (lung)
     assert len(record["per_image"]) == 2 and record["organs"]["lung"]["steps"] == 3
