@@ -132,12 +132,10 @@ def main(argv: list[str] | None = None) -> int:
 def score_fiji(folder: Path, out: Path) -> None:
     """Per-image AJI rows of the Fiji-like baseline on the MoNuSeg images in ``folder``."""
     from bcpath.nuclei.classical import classical_baseline
-    from bcpath.nuclei.datasets import list_nuclei_folder
+    from bcpath.nuclei.lodo import evaluate_by_set
 
-    rows = []
-    for sample in list_nuclei_folder(folder):
-        rgb, truth = sample.load()
-        rows.append({"organ": organ_of(sample.name), "image": sample.name, **score_image(truth, classical_baseline("fiji", rgb, sample.mpp))})
+    _, scored = evaluate_by_set({"monuseg": folder}, lambda rgb, mpp: classical_baseline("fiji", rgb, mpp))
+    rows = [{"organ": organ_of(r["image"]), **r} for r in scored]
     out.write_text(json.dumps({"model": "fiji", "folder": str(folder), "per_image": rows}, indent=1, default=float))
     print(f"fiji on {len(rows)} images: mean AJI {np.mean([r['aji'] for r in rows]):.3f}")
 
